@@ -1,0 +1,31 @@
+"""The ``napari-lvit`` console script: the library's commands plus the ones that open napari."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from src_models import cli
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="napari with a synthetic chest X-ray and the default model")
+    p.add_argument("--model", default="default", help="checkpoint file, 'default' or registry name")
+    p.add_argument("--no-run", action="store_true", help="set up, segment once and return")
+    p.add_argument("--screenshot", type=Path, help="save a screenshot of the viewer")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from napari_lvit._demo import run_demo
+
+    run_demo(model=args.model, block=not args.no_run, screenshot=args.screenshot)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(argv, extra_commands=(_add_demo,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Predict a mask from an image and a text: the library side of the Segment button.
+
+``Predictor`` loads a model (a checkpoint file, ``"default"`` for the shipped checkpoint, or a
+registry name for an untrained model), picks the device, and turns any 2D grayscale or RGB
+image of any dtype and size into a probability map and a mask at the image's own size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from src_models.data.io import to_float01
+from src_models.data.transforms import resize_image, resize_prob
+from src_models.device import autocast, resolve_device
+from src_models.text import TextEncoder, validate_text
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "default.safetensors"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """prob: float32 ``[H, W]`` in [0, 1]; mask: bool ``[H, W]`` (prob >= threshold)."""
+
+    prob: np.ndarray
+    mask: np.ndarray
+    threshold: float
+    text: str | None
+
+    def recut(self, threshold: float) -> np.ndarray:
+        """The mask at another threshold, without running the model again."""
+        return self.prob >= threshold
+
+
+def resolve_checkpoint(source: str | Path) -> Path | None:
+    """The checkpoint file that ``source`` names, or None if it names a registry model."""
+    if str(source) == "default":
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise FileNotFoundError(
+                f"the default checkpoint is missing from the installation ({DEFAULT_CHECKPOINT})"
+            )
+        return DEFAULT_CHECKPOINT
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    return None
+
+
+def load_model(
+    source: str | Path, text_encoder: TextEncoder | None = None
+) -> tuple[nn.Module, dict]:
+    """A model and its metadata from a checkpoint path, ``"default"`` or a registry name.
+
+    A registry name gives an untrained model (with a warning): useful for trying the plumbing,
+    not for real masks.
+    """
+    from src_models.engine.checkpoint import load_checkpoint
+    from src_models.models import create_model, is_model, list_models
+
+    ckpt = resolve_checkpoint(source)
+    if ckpt is not None:
+        return load_checkpoint(ckpt, device="cpu")
+    name = str(source)
+    if not is_model(name):
+        raise ValueError(
+            f"{name!r} is neither a checkpoint file nor a registered model "
+            f"({', '.join(list_models())})"
+        )
+    overrides = {"text_dim": text_encoder.dim} if text_encoder is not None else {}
+    model = create_model(name, **overrides)
+    warnings.warn(f"model {name!r} is untrained: its masks are random", stacklevel=2)
+    meta = {"model_name": name, "model_config": model.model_config, "threshold": 0.5}
+    if text_encoder is not None and getattr(model, "uses_text", False):
+        meta["text_encoder"] = text_encoder.id
+    return model, meta
+
+
+class Predictor:
+    """Runs a segmentation model on single 2D images.
+
+    Args:
+        model: checkpoint path, ``"default"``, registry name, or a built ``nn.Module``.
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        text_encoder: an encoder, or the name/folder of one; by default the one the
+            checkpoint names (or the bundled default).
+        threshold: probability cut for the mask (default: the checkpoint's, else 0.5).
+        tile: for images larger than ``tile_min_side`` pixels on a side, predict overlapping
+            tiles at native resolution instead of resizing the whole image.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | nn.Module = "default",
+        device: str | torch.device = "auto",
+        text_encoder: TextEncoder | str | None = None,
+        threshold: float | None = None,
+        tile: bool = False,
+        tile_min_side: int = 1024,
+    ) -> None:
+        self.device = resolve_device(device)
+        if isinstance(text_encoder, str):
+            text_encoder = TextEncoder(text_encoder)
+        if isinstance(model, nn.Module):
+            self.model, self.meta = model, {"model_name": getattr(model, "model_name", "custom")}
+        else:
+            if text_encoder is None and resolve_checkpoint(model) is None:
+                text_encoder = TextEncoder()
+            self.model, self.meta = load_model(model, text_encoder)
+        self.source = model if not isinstance(model, nn.Module) else None
+        self.uses_text = bool(getattr(self.model, "uses_text", False))
+        if self.uses_text and text_encoder is None:
+            text_encoder = TextEncoder(self.meta.get("text_encoder") or "default")
+        if self.uses_text and text_encoder.dim != self.model.text_dim:
+            raise ValueError(
+                f"text encoder {text_encoder.id} gives {text_encoder.dim}-d features but the "
+                f"model expects {self.model.text_dim}-d: use the encoder it was trained with"
+            )
+        self.text_encoder = text_encoder if self.uses_text else None
+        self.model.to(self.device).eval()
+        self.img_size: int = int(self.model.img_size)
+        self.threshold = float(self.meta.get("threshold", 0.5) if threshold is None else threshold)
+        self.tile = tile
+        self.tile_min_side = tile_min_side
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("model_name", "model"))
+
+    def _text_inputs(self, text: str | None, batch: int):
+        if not self.uses_text:
+            return None, None
+        if text is None or not text.strip():
+            raise ValueError("this model reads text: type a description of the image first")
+        feats = self.text_encoder.encode([validate_text(text)] * batch).to(self.device)
+        return feats.tokens, feats.mask
+
+    @torch.inference_mode()
+    def _run(self, batch: np.ndarray, text: str | None) -> np.ndarray:
+        """batch: float32 ``[N, S, S, 3]`` -> probabilities ``[N, S, S]``."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.device)
+        tokens, mask = self._text_inputs(text, x.shape[0])
+        with autocast(self.device):
+            logits = self.model(x, tokens, mask)
+        return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+
+    def predict_prob(self, image: np.ndarray, text: str | None = None) -> np.ndarray:
+        """Probability map float32 ``[H, W]`` for a 2D image ``[H, W]`` or ``[H, W, C]``."""
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
+            raise ValueError(
+                f"expected a 2D image [H, W] or [H, W, C] with C in 1, 3, 4; got shape "
+                f"{image.shape}: pick one slice of a volume first"
+            )
+        rgb = to_float01(image)
+        height, width = rgb.shape[:2]
+        if self.tile and max(height, width) > self.tile_min_side:
+            return self._predict_tiled(rgb, text)
+        small = resize_image(rgb, self.img_size)
+        prob = self._run(small[None], text)[0]
+        return resize_prob(prob, (height, width)).astype(np.float32)
+
+    def predict(
+        self, image: np.ndarray, text: str | None = None, threshold: float | None = None
+    ) -> Prediction:
+        """Probability map and mask at the image's own size."""
+        cut = self.threshold if threshold is None else float(threshold)
+        prob = self.predict_prob(image, text)
+        return Prediction(prob=prob, mask=prob >= cut, threshold=cut, text=text)
+
+    def _predict_tiled(self, rgb: np.ndarray, text: str | None) -> np.ndarray:
+        """Overlapping native-resolution tiles of the model size, blended with a smooth window."""
+        size = self.img_size
+        height, width = rgb.shape[:2]
+        stride = size // 2
+        pad_h, pad_w = max(0, size - height), max(0, size - width)
+        padded = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+        ph, pw = padded.shape[:2]
+        ys = sorted({*range(0, ph - size + 1, stride), ph - size})
+        xs = sorted({*range(0, pw - size + 1, stride), pw - size})
+        ramp = np.hanning(size + 2)[1:-1].astype(np.float32)
+        window = np.outer(ramp, ramp) + 1e-3
+        acc = np.zeros((ph, pw), np.float32)
+        weight = np.zeros((ph, pw), np.float32)
+        coords = [(y, x) for y in ys for x in xs]
+        for start in range(0, len(coords), 4):
+            chunk = coords[start : start + 4]
+            tiles = np.stack([padded[y : y + size, x : x + size] for y, x in chunk])
+            for (y, x), prob in zip(chunk, self._run(tiles, text), strict=True):
+                acc[y : y + size, x : x + size] += prob * window
+                weight[y : y + size, x : x + size] += window
+        return (acc / weight)[:height, :width]

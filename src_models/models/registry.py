@@ -1,0 +1,54 @@
+"""Model registry: ``@register_model``, ``create_model(name, **overrides)``, ``list_models()``.
+
+Each registered function builds a model from keyword overrides of its family's config. The
+model it returns carries ``model_name`` and ``model_config`` (a JSON-serialisable dict), so a
+checkpoint can rebuild it with ``create_model(model_name, **model_config)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a model builder under its function name."""
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the registered models matching a glob pattern, sorted."""
+    _import_families()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def is_model(name: str) -> bool:
+    _import_families()
+    return name in _REGISTRY
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build the registered model ``name`` with config fields replaced by ``overrides``."""
+    _import_families()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    model = _REGISTRY[name](**overrides)
+    model.model_name = name
+    cfg = getattr(model, "config", None)
+    model.model_config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    return model
+
+
+def _import_families() -> None:
+    # Importing the family modules runs their @register_model decorators.
+    from src_models.models import lvit, unet  # noqa: F401

@@ -101,6 +101,7 @@ class SegmentWidget(Container):
         layers.inserted.connect(self._refresh_images)
         layers.removed.connect(self._refresh_images)
         self._refresh_images()
+        self._on_image_changed(self.image.value)
 
     # --- state -------------------------------------------------------------------------
     @property

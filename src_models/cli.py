@@ -148,11 +148,13 @@ def cmd_train(args) -> int:
         use_text=not args.no_text,
         out=args.out,
     )
-    trainer = Trainer(model, train_set, val_set, text_encoder=encoder, config=config)
+    trainer = Trainer(
+        model, train_set, val_set, text_encoder=encoder, config=config, resume=args.resume
+    )
     steps = -(-len(train_set) // args.batch_size)
     bar = tqdm(total=steps * args.epochs, unit="step", dynamic_ncols=True)
     done = None
-    for event in trainer.fit(resume=args.resume):
+    for event in trainer.fit():
         if isinstance(event, BatchEnd):
             bar.update(1)
             bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}")

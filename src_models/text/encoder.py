@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 DEFAULT_ENCODER = "default"
+DEFAULT_ENCODER_ID = "all-MiniLM-L6-v2"
+# Names under which checkpoints and users refer to the bundled encoder.
+_BUNDLED_NAMES = {DEFAULT_ENCODER, DEFAULT_ENCODER_ID, "sentence-transformers/all-MiniLM-L6-v2"}
 MAX_TEXT_CHARS = 4000
 
 
@@ -79,9 +82,13 @@ class TextEncoder:
         cache_size: int = 4096,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
 
         source = str(name_or_path)
-        if source == DEFAULT_ENCODER:
+        bundled = source in _BUNDLED_NAMES
+        if bundled:
             folder = default_model_dir()
         elif Path(source).expanduser().exists():
             folder = Path(source).expanduser()
@@ -105,7 +112,7 @@ class TextEncoder:
             ) from exc
         self._model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
-        self.id = "all-MiniLM-L6-v2" if source == DEFAULT_ENCODER else source
+        self.id = DEFAULT_ENCODER_ID if bundled else source
         self.dim: int = int(self._model.config.hidden_size)
         self.max_length = int(max_length)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()

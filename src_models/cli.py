@@ -2,8 +2,10 @@
 
     napari-lvit synth OUT --kind qata --n 200 --size 224 --seed 0
     napari-lvit train DATA --val VAL --model lvit_s --epochs 20 --out model.safetensors
+    napari-lvit train DATA --val VAL --labeled-fraction 0.25 --semi epi --out semi.safetensors
     napari-lvit predict CKPT IMAGE --text "..." --out mask.tif
     napari-lvit evaluate CKPT DATA --json
+    napari-lvit retrain PROJECT --rounds 1 --epochs 5 --jsonl
 
 The GUI commands (``demo``, ...) are added by ``napari_lvit._cli``, the console script.
 """
@@ -45,6 +47,43 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", type=Path, help="checkpoint to continue from")
     p.add_argument("--no-augment", action="store_true")
+    semi = p.add_argument_group("semi-supervised (EPI pseudo labels + LV loss)")
+    semi.add_argument(
+        "--labeled-fraction",
+        type=float,
+        default=1.0,
+        help="use the masks of only this fraction of DATA (chosen by --seed); the other images "
+        "are left out (--semi none) or used without their masks (--semi epi)",
+    )
+    semi.add_argument(
+        "--semi",
+        choices=["none", "epi"],
+        default="none",
+        help="epi: round 0 on the labeled images, then --rounds EPI rounds that also train on "
+        "the images without a mask (pseudo labels)",
+    )
+    semi.add_argument("--rounds", type=int, default=3, help="EPI rounds after round 0")
+    semi.add_argument(
+        "--round-epochs", type=int, default=None, help="epochs per EPI round (default --epochs)"
+    )
+    semi.add_argument("--lv-weight", type=float, default=0.1, help="LV loss weight (0: off)")
+    semi.add_argument("--beta", type=float, default=0.99, help="EPI momentum")
+    semi.add_argument(
+        "--epi-schedule",
+        choices=["corrected", "plain"],
+        default="corrected",
+        help="corrected: bias-corrected EMA (a running mean over the first rounds)",
+    )
+    semi.add_argument("--unlabeled-weight", type=float, default=0.5)
+    semi.add_argument(
+        "--margin", type=float, default=0.1, help="ignore pixels with |pseudo - 0.5| < margin"
+    )
+    semi.add_argument(
+        "--templates", type=Path, help="LV reference (text, mask) pairs, LViT folder layout"
+    )
+    semi.add_argument(
+        "--pseudo-dir", type=Path, help="pseudo-label folder (default: <out>.pseudo/)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -75,7 +114,42 @@ def _add_models(sub) -> None:
     p.set_defaults(func=cmd_models)
 
 
-COMMANDS = (_add_synth, _add_train, _add_predict, _add_evaluate, _add_models)
+def _add_retrain(sub) -> None:
+    p = sub.add_parser(
+        "retrain",
+        help="retraining rounds on an annotation project (its commits and unlabelled images)",
+    )
+    p.add_argument("project", type=Path, help="project folder (holds project.sqlite)")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=5, help="epochs per round")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--model",
+        default="auto",
+        help="start from this checkpoint/registry model when the project has no model yet "
+        "('auto': the shipped default, else lvit_s)",
+    )
+    p.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="input size of a new registry model (default: its own; 128 for 'auto')",
+    )
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--semi", choices=["auto", "epi", "off"], default="auto")
+    p.add_argument("--from-scratch", action="store_true", help="ignore the current checkpoint")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="print one JSON object per event per line on stdout (for the napari widget)",
+    )
+    p.set_defaults(func=cmd_retrain)
+
+
+COMMANDS = (_add_synth, _add_train, _add_predict, _add_evaluate, _add_models, _add_retrain)
 
 
 def build_parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
@@ -136,7 +210,27 @@ def cmd_train(args) -> int:
             overrides["text_dim"] = encoder.dim
         model = create_model(args.model, **overrides)
     size = int(model.img_size)
-    train_set = SegmentationDataset(args.data, size, augment=not args.no_augment, seed=args.seed)
+    semi = args.semi == "epi"
+    if not 0.0 < args.labeled_fraction <= 1.0:
+        raise ValueError(f"--labeled-fraction must be in (0, 1], got {args.labeled_fraction}")
+    if semi or args.labeled_fraction < 1.0:
+        from src_models.data.dataset import scan_split
+        from src_models.engine.epi import split_labeled
+
+        records = scan_split(args.data, require_masks=not semi)
+        labeled, unlabeled = split_labeled(records, args.labeled_fraction, seed=args.seed)
+        records = labeled + unlabeled if semi else labeled
+        print(
+            f"{len(labeled)} labeled images"
+            + (f", {len(unlabeled)} without masks" if semi else f" ({len(unlabeled)} left out)")
+        )
+        train_set = SegmentationDataset(
+            records, size, augment=not args.no_augment, seed=args.seed, require_masks=False
+        )
+    else:
+        train_set = SegmentationDataset(
+            args.data, size, augment=not args.no_augment, seed=args.seed
+        )
     val_set = SegmentationDataset(args.val, size) if args.val else None
     config = TrainConfig(
         epochs=args.epochs,
@@ -148,6 +242,8 @@ def cmd_train(args) -> int:
         use_text=not args.no_text,
         out=args.out,
     )
+    if semi:
+        return _train_semi(args, model, train_set, val_set, encoder, config)
     trainer = Trainer(
         model, train_set, val_set, text_encoder=encoder, config=config, resume=args.resume
     )
@@ -167,6 +263,62 @@ def cmd_train(args) -> int:
         done = event
     bar.close()
     print(f"done: {done}")
+    return 0
+
+
+def _train_semi(args, model, train_set, val_set, encoder, config) -> int:
+    """``train --semi epi``: rounds of EPI + LV (src_models.engine.epi), printed as they go."""
+    from tqdm import tqdm
+
+    from src_models.engine.epi import SemiConfig, SemiDone, SemiTrainer, format_semi_event
+    from src_models.engine.events import BatchEnd, FitStart
+
+    if args.resume is not None and Path(args.resume).resolve() != Path(args.out).resolve():
+        raise ValueError("with --semi epi, --resume must name the run's --out checkpoint")
+    semi = SemiConfig(
+        rounds=args.rounds,
+        round0_epochs=args.epochs,
+        round_epochs=args.round_epochs,
+        beta=args.beta,
+        schedule=args.epi_schedule,
+        unlabeled_weight=args.unlabeled_weight,
+        margin=args.margin,
+        lv_weight=args.lv_weight,
+        pseudo_dir=None if args.pseudo_dir is None else str(args.pseudo_dir),
+    )
+    trainer = SemiTrainer(
+        model,
+        train_set,
+        val_set,
+        encoder,
+        config,
+        semi,
+        templates=args.templates,
+        resume=args.resume is not None,
+    )
+    bar = None
+    done = None
+    for event in trainer.fit():
+        if isinstance(event, FitStart):
+            if bar is not None:
+                bar.close()
+            total = event.steps_per_epoch * (event.epochs - event.start_epoch + 1)
+            bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+        elif isinstance(event, BatchEnd):
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}")
+            continue
+        line = format_semi_event(event)
+        if bar is not None:
+            bar.write(line)
+        else:
+            print(line)
+        done = event
+    if bar is not None:
+        bar.close()
+    if isinstance(done, SemiDone) and done.checkpoint:
+        print(f"best checkpoint: {done.checkpoint}; pseudo labels: {done.pseudo_dir}")
     return 0
 
 
@@ -206,6 +358,87 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"Dice {result['dice']:.4f}  IoU {result['iou']:.4f}  n={result['n']}")
     return 0
+
+
+def cmd_retrain(args) -> int:
+    """Run rounds; SIGTERM/SIGINT cancel between events (the round is recorded as cancelled)
+    and the exit code is 128 + the signal number (143 / 130); a failed round exits with 1."""
+    import signal
+
+    from src_models.project.retrain import (
+        RetrainDone,
+        RetrainError,
+        RetrainRoundEnd,
+        event_to_dict,
+        format_retrain_event,
+        retrain,
+    )
+
+    if args.jsonl:
+        # stdout carries only the JSON lines: everything else printed goes to stderr
+        out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        sys.stdout = sys.stderr
+
+        def emit(obj: dict) -> None:
+            out.write(json.dumps(obj, allow_nan=False) + "\n")
+            out.flush()
+    else:
+        out = None
+
+        def emit(obj: dict) -> None:
+            pass
+
+    run = retrain(
+        args.project,
+        rounds=args.rounds,
+        epochs=args.epochs,
+        model=args.model,
+        device=args.device,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        semi=args.semi,
+        from_scratch=args.from_scratch,
+        num_threads=args.threads,
+    )
+    received: list[int] = []
+
+    def on_signal(signum, frame) -> None:
+        received.append(signum)
+        run.cancel()
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    last = None
+    try:
+        for event in run:
+            last = event
+            if args.jsonl:
+                emit(event_to_dict(event))
+            elif type(event).__name__ != "BatchEnd":
+                print(format_retrain_event(event), flush=True)
+    except (RetrainError, ValueError, FileNotFoundError, KeyError) as exc:
+        emit({"type": "Error", "message": str(exc)})
+        print(f"napari-lvit retrain: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        emit({"type": "Error", "message": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if out is not None:
+            out.flush()
+    if received:
+        return 128 + int(received[0])
+    if isinstance(last, RetrainDone) and last.status == "done":
+        return 0
+    if isinstance(last, (RetrainDone, RetrainRoundEnd)) and last.status == "cancelled":
+        return 130
+    return 1
 
 
 if __name__ == "__main__":

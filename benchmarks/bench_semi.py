@@ -1,0 +1,385 @@
+"""Semi-supervised retraining benchmark: does EPI (+ the LV loss) make few labels go further?
+
+For each labeled fraction (25% and 10%) and seed, on synthetic QaTa-style chest X-rays:
+
+- ``supervised``: the labeled images only (round 0, then the same number of further epochs as
+  the EPI rounds, on the labeled images; best epoch by validation Dice);
+- ``EPI``: round 0, then ``--rounds`` EPI rounds on labeled + pseudo-labeled images (LV off);
+- ``EPI + LV``: the same with the LV loss (weight 0.1);
+- ``EPI + LV (plain beta)``: the paper's EMA without bias correction (25% only), to show why the
+  corrected schedule is the default with few rounds;
+- ``100% labels``: every training image labeled, the same number of epochs.
+
+Round 0 is trained once per (fraction, seed) and shared by the variants. Every variant's final
+model is the one with the best validation Dice over all its rounds (round 0 included), and is
+scored on a held-out test split (mean per-image Dice at threshold 0.5, model size). Results go
+to ``benchmarks/out/semi.json``; a markdown table is printed.
+
+    python benchmarks/bench_semi.py                       # ~20 min on 2 shared CPU cores
+    python benchmarks/bench_semi.py --quick               # a 1-minute smoke run
+    python benchmarks/bench_semi.py --monuseg /work/shared/datasets/MoNuSeg   # MoNuSeg instead
+
+MoNuSeg (licence CC BY-NC-SA) is only read, never copied: its Train_Folder is split into
+train/val by seed, its Val_Folder is the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from src_models.data import SegmentationDataset, scan_split  # noqa: E402
+from src_models.data.synthetic import write_dataset  # noqa: E402
+from src_models.engine import TrainConfig, Trainer, evaluate  # noqa: E402
+from src_models.engine.epi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
+from src_models.models import create_model  # noqa: E402
+from src_models.text import TextEncoder  # noqa: E402
+
+VARIANTS = ("supervised", "epi", "epi_lv", "epi_lv_plain")
+LABELS = {
+    "supervised": "supervised only",
+    "epi": "+ EPI",
+    "epi_lv": "+ EPI + LV",
+    "epi_lv_plain": "+ EPI + LV, plain beta (no bias correction)",
+    "full": "100% labels",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "semi.json")
+    p.add_argument("--model", default="lvit_s")
+    p.add_argument("--size", type=int, default=80)
+    p.add_argument("--n-train", type=int, default=100)
+    p.add_argument("--n-val", type=int, default=24)
+    p.add_argument("--n-test", type=int, default=40)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.1])
+    p.add_argument("--plain-fractions", type=float, nargs="*", default=[0.25])
+    p.add_argument("--round0-epochs", type=int, default=24)
+    p.add_argument(
+        "--round0-min-steps",
+        type=int,
+        default=250,
+        help="lengthen round 0 to at least this many optimizer steps (few labels = short "
+        "epochs: the EPI teacher would be undertrained)",
+    )
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--round-epochs", type=int, default=6)
+    p.add_argument("--full-epochs", type=int, default=20, help="epochs of the 100%%-label run")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--round-lr",
+        type=float,
+        default=3e-4,
+        help="lr after round 0 (EPI rounds and the supervised continuation alike)",
+    )
+    p.add_argument("--beta", type=float, default=0.99)
+    p.add_argument("--lv-weight", type=float, default=0.1)
+    p.add_argument("--unlabeled-weight", type=float, default=0.5)
+    p.add_argument("--margin", type=float, default=0.1)
+    p.add_argument("--hard", action="store_true", help="harden pseudo labels at 0.5")
+    p.add_argument("--jitter", type=float, default=0.0, help="photometric jitter of unlabeled")
+    p.add_argument("--labeled-repeat", type=int, default=1)
+    p.add_argument(
+        "--threads", type=int, default=1, help="1 is fastest when other jobs share the cores"
+    )
+    p.add_argument("--monuseg", type=Path, default=None, help="MoNuSeg root (read only)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke configuration")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def synthetic_splits(args, work: Path):
+    size = max(args.size, 64)
+    train = write_dataset(work / "train", kind="qata", n=args.n_train, size=size, seed=100)
+    val = write_dataset(work / "val", kind="qata", n=args.n_val, size=size, seed=200)
+    test = write_dataset(work / "test", kind="qata", n=args.n_test, size=size, seed=300)
+    return scan_split(train), scan_split(val), scan_split(test)
+
+
+def monuseg_splits(args, seed: int):
+    root = args.monuseg
+    records = scan_split(root / "Train_Folder")
+    rng = np.random.default_rng(1000 + seed)
+    order = rng.permutation(len(records))
+    n_val = max(2, len(records) // 5)
+    val = [records[i] for i in order[:n_val]]
+    train = [records[i] for i in order[n_val:]]
+    test = scan_split(root / "Val_Folder")
+    return train, val, test
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _config(args, epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.lr / 10,
+        t0=max(epochs, 1),
+        patience=10**6,
+        seed=seed,
+        device="cpu",
+        val_batch_size=8,
+        save_last=False,
+    )
+
+
+def _test_dice(model, test_set, encoder) -> float:
+    return float(evaluate(model, test_set, encoder, device="cpu", batch_size=8)["dice"])
+
+
+def _semi(args, model, train_set, val_set, encoder, seed, *, round0, rounds, **semi_kw):
+    cfg = _config(args, args.round_epochs, seed)
+    cfg.t0 = max(round0, args.round_epochs)  # round 0: one cosine cycle; rounds: one each
+    with tempfile.TemporaryDirectory(prefix="bench-semi-") as tmp:
+        semi = SemiConfig(
+            rounds=rounds,
+            round0_epochs=round0,
+            round_epochs=args.round_epochs,
+            beta=args.beta,
+            unlabeled_weight=args.unlabeled_weight,
+            margin=args.margin,
+            labeled_repeat=args.labeled_repeat,
+            hard=args.hard,
+            unlabeled_jitter=args.jitter,
+            round_lr=args.round_lr,
+            pseudo_dir=tmp,
+            bank_fsync=False,
+            **semi_kw,
+        )
+        trainer = SemiTrainer(model, train_set, val_set, encoder, cfg, semi)
+        done = trainer.run()
+    return done
+
+
+def run_cell(args, encoder, splits, fraction: float, seed: int, log) -> dict:
+    """All variants of one (fraction, seed); returns {variant: {"val", "test", ...}}."""
+    train_recs, val_recs, test_recs = splits
+    size = args.size
+    labeled, unlabeled = split_labeled(train_recs, fraction, seed=seed)
+    semi_set = SegmentationDataset(labeled + unlabeled, size, augment=True, seed=seed)
+    lab_set = SegmentationDataset(labeled, size, augment=True, seed=seed)
+    val_set = SegmentationDataset(val_recs, size)
+    test_set = SegmentationDataset(test_recs, size)
+    out: dict[str, dict] = {}
+
+    torch.manual_seed(seed)
+    model = create_model(args.model, img_size=size, text_dim=encoder.dim)
+    t0 = time.perf_counter()
+    # round 0 (shared): labeled images only, best epoch by validation Dice
+    steps = -(-len(lab_set) // args.batch_size)
+    round0 = max(args.round0_epochs, -(-args.round0_min_steps // steps))
+    done0 = _semi(args, model, lab_set, val_set, encoder, seed, round0=round0, rounds=0)
+    round0_state = copy.deepcopy(model.state_dict())
+    val0 = done0.best_dice
+    test0 = _test_dice(model, test_set, encoder)
+    log(
+        f"  round 0 ({round0} epochs): val {val0:.4f} test {test0:.4f} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    extra_epochs = args.rounds * args.round_epochs
+
+    def finish(name, model, val, seconds, history=None):
+        # the final model is the best by validation over all rounds, round 0 included
+        if val is None or val < val0:
+            model.load_state_dict(round0_state)
+            val, test, chosen = val0, test0, "round 0"
+        else:
+            test, chosen = _test_dice(model, test_set, encoder), "later"
+        out[name] = {
+            "val": val,
+            "test": test,
+            "chosen": chosen,
+            "seconds": seconds,
+            "history": history or [],
+        }
+        log(f"  {name}: val {val:.4f} test {test:.4f} ({chosen}, {seconds:.0f} s)")
+
+    # supervised only: the same number of further epochs on the labeled images
+    t = time.perf_counter()
+    model.load_state_dict(round0_state)
+    cont = _config(args, extra_epochs, seed + 7)
+    cont.lr, cont.min_lr = args.round_lr, args.round_lr / 10
+    trainer = Trainer(model, lab_set, val_set, encoder, cont)
+    _keep = _BestKeeper(trainer)
+    done = trainer.run()
+    _keep.restore()
+    finish("supervised", model, done.best_dice, time.perf_counter() - t)
+
+    variants = [("epi", {"lv_weight": 0.0}), ("epi_lv", {"lv_weight": args.lv_weight})]
+    if any(abs(fraction - f) < 1e-9 for f in args.plain_fractions):
+        variants.append(("epi_lv_plain", {"lv_weight": args.lv_weight, "schedule": "plain"}))
+    for name, kw in variants:
+        t = time.perf_counter()
+        model.load_state_dict(round0_state)
+        done = _semi(
+            args, model, semi_set, val_set, encoder, seed, round0=0, rounds=args.rounds, **kw
+        )
+        finish(name, model, done.best_dice, time.perf_counter() - t, done.history)
+    return out
+
+
+class _BestKeeper:
+    """Keep the best-by-validation weights of a plain Trainer run (out=None)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        from src_models.engine.trainer import Callback
+
+        keeper = self
+
+        class _Hook(Callback):
+            def on_event(self, tr, event):
+                from src_models.engine.events import ValidationEnd
+
+                if isinstance(event, ValidationEnd) and event.improved:
+                    keeper.state = copy.deepcopy(tr.model.state_dict())
+
+        self.state = None
+        self.trainer = trainer
+        trainer.hooks.append(_Hook())
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.trainer.model.load_state_dict(self.state)
+
+
+def run_full(args, encoder, splits, seed: int, log) -> dict:
+    train_recs, val_recs, test_recs = splits
+    size = args.size
+    train_set = SegmentationDataset(train_recs, size, augment=True, seed=seed)
+    val_set = SegmentationDataset(val_recs, size)
+    test_set = SegmentationDataset(test_recs, size)
+    torch.manual_seed(seed)
+    model = create_model(args.model, img_size=size, text_dim=encoder.dim)
+    epochs = args.full_epochs
+    t = time.perf_counter()
+    trainer = Trainer(model, train_set, val_set, encoder, _config(args, epochs, seed))
+    keep = _BestKeeper(trainer)
+    done = trainer.run()
+    keep.restore()
+    test = _test_dice(model, test_set, encoder)
+    seconds = time.perf_counter() - t
+    log(f"  full: val {done.best_dice:.4f} test {test:.4f} ({seconds:.0f} s)")
+    return {"val": done.best_dice, "test": test, "seconds": seconds}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def table(results: dict) -> str:
+    full_mean, full_sd = _stats([r["test"] for r in results["full"].values()])
+    rows = [
+        "| labels | method | test Dice (mean ± sd over seeds) | min-max | "
+        "vs supervised, same seed (mean ± sd) | % of 100%-label Dice |",
+        "|---|---|---|---|---|---|",
+    ]
+    for frac_key, cells in results["fractions"].items():
+        frac = float(frac_key)
+        for variant in VARIANTS:
+            values = [c[variant]["test"] for c in cells.values() if variant in c]
+            if not values:
+                continue
+            mean, sd = _stats(values)
+            diffs = [
+                c[variant]["test"] - c["supervised"]["test"] for c in cells.values() if variant in c
+            ]
+            dmean, dsd = _stats(diffs)
+            paired = "-" if variant == "supervised" else f"{dmean:+.4f} ± {dsd:.4f}"
+            pct = 100 * mean / full_mean if full_mean else float("nan")
+            rows.append(
+                f"| {100 * frac:.0f}% | {LABELS[variant]} | {mean:.4f} ± {sd:.4f} | "
+                f"{min(values):.4f}-{max(values):.4f} | {paired} | {pct:.1f}% |"
+            )
+    values = [r["test"] for r in results["full"].values()]
+    rows.append(
+        f"| 100% | {LABELS['full']} | {full_mean:.4f} ± {full_sd:.4f} | "
+        f"{min(values):.4f}-{max(values):.4f} | - | 100.0% |"
+    )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.n_train, args.n_val, args.n_test = 24, 8, 8
+        args.seeds, args.fractions = [0], [0.25]
+        args.round0_epochs, args.rounds, args.round_epochs, args.full_epochs = 2, 2, 1, 2
+        args.size = 64
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
+
+    encoder = TextEncoder("default")
+    dataset = "monuseg" if args.monuseg else "synthetic-qata"
+    results = {
+        "benchmark": "semi",
+        "dataset": dataset,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+        },
+        "fractions": {},
+        "full": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-semi-data-") as tmp:
+        synthetic = None if args.monuseg else synthetic_splits(args, Path(tmp))
+        for seed in args.seeds:
+            splits = synthetic if synthetic is not None else monuseg_splits(args, seed)
+            for fraction in args.fractions:
+                log(f"fraction {fraction:g}, seed {seed}")
+                cell = run_cell(args, encoder, splits, fraction, seed, log)
+                results["fractions"].setdefault(f"{fraction:g}", {})[str(seed)] = cell
+            log(f"100% labels, seed {seed}")
+            results["full"][str(seed)] = run_full(args, encoder, splits, seed, log)
+    results["seconds"] = time.perf_counter() - t_start
+    md = table(results)
+    results["table"] = md
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    print()
+    print(md)
+    print(f"\n{dataset}, wall time {results['seconds'] / 60:.1f} min; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,8 +23,32 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_annotate(sub) -> None:
+    p = sub.add_parser(
+        "annotate",
+        help="napari with the annotation loop: segment, correct, commit, retrain, next",
+    )
+    p.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        help="a project, an LViT folder (imported) or a folder of images (a project is "
+        "created in <folder>/.napari-lvit)",
+    )
+    p.add_argument("--project", type=Path, help="where the project of a folder lives")
+    p.add_argument("--model", default=None, help="checkpoint file, 'default' or registry name")
+    p.set_defaults(func=_cmd_annotate)
+
+
+def _cmd_annotate(args) -> int:
+    from napari_lvit._annotate import run_annotate
+
+    run_annotate(args.path, project=args.project, model=args.model)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(argv, extra_commands=(_add_demo,))
+    return cli.main(argv, extra_commands=(_add_demo, _add_annotate))
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class SegmentWidget(Container):
         text = self.text.value.strip()
         try:
             source = self.model_source
-            plane, index = image_plane(layer, self._viewer.dims.current_step)
+            plane, index = self._plane(layer)
         except ValueError as exc:
             show_error(str(exc))
             self.status.value = str(exc)
@@ -187,6 +187,10 @@ class SegmentWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
+
+    def _plane(self, layer: Image) -> tuple[np.ndarray, tuple]:
+        """The 2D input of the model and its index into the layer (a hook for subclasses)."""
+        return image_plane(layer, self._viewer.dims.current_step)
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -22,7 +22,7 @@ def test_installed_manifest_validates_and_every_python_name_imports():
     for command in manifest.contributions.commands:
         module, attr = command.python_name.split(":")
         assert callable(getattr(importlib.import_module(module), attr))
-    assert {w.display_name for w in manifest.contributions.widgets} == {WIDGET}
+    assert {w.display_name for w in manifest.contributions.widgets} == {WIDGET, "Annotation loop"}
 
 
 def _dock(viewer) -> SegmentWidget:

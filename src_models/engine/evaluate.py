@@ -293,3 +293,46 @@ def _summary(rows: list[dict[str, Any]], threshold: float, protocol: str, total:
         "protocol": protocol,
         "per_image": rows,
     }
+
+
+def evaluate_left_right(
+    predictor: Any, n: int = 50, size: int = 224, seed: int = 0, style: str = "short"
+) -> dict[str, Any]:
+    """Does the side word of the prompt move the mask?
+
+    On ``n`` synthetic images with lesions in the same zones of both lungs
+    (:func:`~src_models.data.synthetic.make_referring_pair`), ``predictor`` (a
+    :class:`~src_models.inference.Predictor`) segments each image twice, with prompts that differ
+    only in "left" / "right". Returns ``{"iou_between_prompts", "dice", "n", ...}``: the mean IoU
+    between the two predicted masks (low: the text moves the mask; two empty masks count as 1)
+    and the mean Dice of each prediction against the lesions its prompt names.
+    """
+    import numpy as np
+
+    from src_models.data.synthetic import make_referring_pair
+
+    between, dices = [], []
+    for i in range(int(n)):
+        image, texts, targets = make_referring_pair(
+            np.random.default_rng([seed, 3, i]), size, style=style
+        )
+        masks = [predictor.predict(image, text).mask for text in texts]
+        between.append(
+            float(
+                iou_per_image(torch.from_numpy(masks[0])[None], torch.from_numpy(masks[1])[None])[0]
+            )
+        )
+        for mask, target in zip(masks, targets, strict=True):
+            dices.append(
+                float(
+                    dice_per_image(torch.from_numpy(mask)[None], torch.from_numpy(target)[None])[0]
+                )
+            )
+    return {
+        "iou_between_prompts": float(np.mean(between)),
+        "iou_between_prompts_median": float(np.median(between)),
+        "dice": float(np.mean(dices)),
+        "n": int(n),
+        "size": int(size),
+        "style": style,
+    }

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PLUGIN = "napari-lvit"
 WIDGET = "Text-guided segmentation"
-SAMPLE = "chest_xray"
+SAMPLE = "chest_xray_both_lungs"  # the report names one lung: edit "left"/"right"
 
 
 def run_demo(model: str = "default", block: bool = True, screenshot: Path | None = None):
@@ -27,12 +27,17 @@ def run_demo(model: str = "default", block: bool = True, screenshot: Path | None
     else:
         widget.model.value = FROM_FILE
         widget.checkpoint.value = model
-    image = next(layer for layer in viewer.layers if layer.name == "synthetic chest X-ray")
+    image = next(layer for layer in viewer.layers if "description" in layer.metadata)
     widget.image.value = image
     widget.text.value = image.metadata["description"]
     widget.run_synchronously = not block
     widget.segment()
     if screenshot is not None:
+        from qtpy.QtWidgets import QApplication
+
+        # Room for the dock widget beside the canvas, laid out before the grab.
+        viewer.window._qt_window.resize(1400, 900)
+        QApplication.processEvents()
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(screenshot), canvas_only=False)
     if block:

@@ -1,6 +1,19 @@
-"""Sample data: a synthetic chest X-ray with its report and the mask the report describes."""
+"""Sample data: synthetic chest X-rays with a report and the mask the report describes."""
 
 from __future__ import annotations
+
+import numpy as np
+
+
+def _layers(image: np.ndarray, mask: np.ndarray, text: str, name: str) -> list:
+    return [
+        (image, {"name": name, "metadata": {"description": text}}, "image"),
+        (
+            mask.astype("uint8"),
+            {"name": "reference mask", "opacity": 0.4, "visible": False},
+            "labels",
+        ),
+    ]
 
 
 def synthetic_chest_xray():
@@ -8,11 +21,13 @@ def synthetic_chest_xray():
     from src_models.data.synthetic import sample_chest_xray
 
     image, mask, text = sample_chest_xray(seed=0, size=512)
-    return [
-        (image, {"name": "synthetic chest X-ray", "metadata": {"description": text}}, "image"),
-        (
-            mask.astype("uint8"),
-            {"name": "reference mask", "opacity": 0.4, "visible": False},
-            "labels",
-        ),
-    ]
+    return _layers(image, mask, text, "synthetic chest X-ray")
+
+
+def synthetic_chest_xray_both_lungs():
+    """Lesions in the same zones of both lungs; the report names the left lung only, so
+    changing "left" to "right" in the text moves the mask to the other lung."""
+    from src_models.data.synthetic import make_referring_pair
+
+    image, texts, masks = make_referring_pair(np.random.default_rng([0, 11]), 512, style="qata")
+    return _layers(image, masks[0], texts[0], "synthetic chest X-ray (both lungs)")

@@ -844,25 +844,34 @@ class AnnotationWidget(QWidget):
         self.work_bar.setFormat("segmenting slice %v of %m")
         self.work_bar.setVisible(True)
         seg._set_busy(f"Segmenting {n} slices…")
-        if self.run_synchronously:
-            try:
-                for item in job():
-                    on_slice(item)
-            except Exception as exc:  # noqa: BLE001 - shown to the user
-                on_error(exc)
-                return
-            on_done()
+        worker = self._job_worker(job, on_slice, on_error, on_done)
+        if worker is None:
             return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(job)
-        worker.yielded.connect(on_slice)
-        worker.errored.connect(on_error)
-        worker.returned.connect(lambda _=None: on_done())
         seg._worker = worker
         worker.finished.connect(seg._on_finished)
         self._volume_worker = worker
         worker.start()
+
+    def _job_worker(self, job, on_item, on_error, on_done):
+        """Run the generator function ``job``: on the calling thread when
+        ``run_synchronously`` (tests; returns None), else as a napari thread worker that is
+        returned wired but not started, so the caller can connect more before starting it."""
+        if self.run_synchronously:
+            try:
+                for item in job():
+                    on_item(item)
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                on_error(exc)
+                return None
+            on_done()
+            return None
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(job)
+        worker.yielded.connect(on_item)
+        worker.errored.connect(on_error)
+        worker.returned.connect(lambda _=None: on_done())
+        return worker
 
     # ------------------------------------------------------------------ commit / clear
 
@@ -1041,21 +1050,9 @@ class AnnotationWidget(QWidget):
         self.work_bar.setFormat("scoring %v of %m images")
         self.work_bar.setVisible(True)
         self.suggest_label.setText("Scoring the unlabelled images…")
-        if self.run_synchronously:
-            try:
-                for s in job():
-                    on_score(s)
-            except Exception as exc:  # noqa: BLE001
-                on_error(exc)
-                return
-            on_done()
+        worker = self._job_worker(job, on_score, on_error, on_done)
+        if worker is None:
             return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(job)
-        worker.yielded.connect(on_score)
-        worker.errored.connect(on_error)
-        worker.returned.connect(lambda _=None: on_done())
         self._suggest_worker = worker
         worker.start()
 

@@ -3,13 +3,21 @@
 ``Predictor`` loads a model (a checkpoint file, ``"default"`` for the shipped checkpoint, or a
 registry name for an untrained model), picks the device, and turns any 2D grayscale or RGB
 image of any dtype and size into a probability map and a mask at the image's own size.
+
+Models whose text enters late (``supports_feature_reuse = True``, with ``encode_image(image)
+-> features`` and ``decode(features, text, text_mask) -> logits``, e.g. RecLMIS) get their image
+features cached: a new prompt on the same image runs only the text-dependent part.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,6 +90,73 @@ def load_model(
     return model, meta
 
 
+def model_version(model: nn.Module) -> tuple[int, int]:
+    """``(id(model), weights signature)``: changes whenever a parameter or buffer is replaced or
+    modified in place (``load_state_dict``, an optimizer step, BatchNorm statistics), because
+    every in-place write bumps a tensor's version counter."""
+    tensors = (*model.parameters(), *model.buffers())
+    return id(model), hash(tuple((t.data_ptr(), t._version) for t in tensors))
+
+
+def image_fingerprint(batch: np.ndarray) -> str:
+    """Hash of a preprocessed input batch (its bytes, shape and dtype)."""
+    arr = np.ascontiguousarray(batch)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.shape}{arr.dtype}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """A small LRU cache of image features keyed by (model version, device, image fingerprint).
+
+    Thread-safe (the widget predicts from a worker thread). Features stay on the model's device.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        if capacity < 0:
+            raise ValueError(f"feature cache capacity must be >= 0, got {capacity}")
+        self.capacity = int(capacity)
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple, value: Any) -> None:
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def info(self) -> dict[str, int]:
+        return {
+            "size": len(self),
+            "capacity": self.capacity,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
 class Predictor:
     """Runs a segmentation model on single 2D images.
 
@@ -93,6 +168,8 @@ class Predictor:
         threshold: probability cut for the mask (default: the checkpoint's, else 0.5).
         tile: for images larger than ``tile_min_side`` pixels on a side, predict overlapping
             tiles at native resolution instead of resizing the whole image.
+        feature_cache_size: for models with ``supports_feature_reuse``, how many inputs keep
+            their image features (LRU); 0 turns reuse off (every call runs the whole model).
     """
 
     def __init__(
@@ -103,6 +180,7 @@ class Predictor:
         threshold: float | None = None,
         tile: bool = False,
         tile_min_side: int = 1024,
+        feature_cache_size: int = 4,
     ) -> None:
         self.device = resolve_device(device)
         if isinstance(text_encoder, str):
@@ -128,6 +206,10 @@ class Predictor:
         self.threshold = float(self.meta.get("threshold", 0.5) if threshold is None else threshold)
         self.tile = tile
         self.tile_min_side = tile_min_side
+        self.feature_cache = FeatureCache(feature_cache_size)
+        self.reuses_features = bool(
+            getattr(self.model, "supports_feature_reuse", False) and feature_cache_size > 0
+        )
 
     @property
     def name(self) -> str:
@@ -142,13 +224,44 @@ class Predictor:
         return feats.tokens, feats.mask
 
     @torch.inference_mode()
-    def _run(self, batch: np.ndarray, text: str | None) -> np.ndarray:
-        """batch: float32 ``[N, S, S, 3]`` -> probabilities ``[N, S, S]``."""
+    def _run(
+        self, batch: np.ndarray, text: str | None, fingerprint: str | None = None
+    ) -> np.ndarray:
+        """batch: float32 ``[N, S, S, 3]`` -> probabilities ``[N, S, S]``.
+
+        With feature reuse, the image features are looked up and stored under the batch's own
+        fingerprint; a caller that already looked ``fingerprint`` up and missed passes it, and
+        the features are computed and stored under it.
+        """
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.device)
-        tokens, mask = self._text_inputs(text, x.shape[0])
+        if not self.reuses_features:
+            tokens, mask = self._text_inputs(text, x.shape[0])
+            with autocast(self.device):
+                logits = self.model(x, tokens, mask)
+            return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        key = self._cache_key(fingerprint or image_fingerprint(batch))
+        feats = None if fingerprint is not None else self.feature_cache.get(key)
+        if feats is None:
+            with autocast(self.device):
+                feats = self.model.encode_image(x)
+            self.feature_cache.put(key, feats)
+        return self._decode(feats, text)
+
+    @torch.inference_mode()
+    def _decode(self, feats: Any, text: str | None) -> np.ndarray:
+        """The text-dependent part on cached image features -> probabilities ``[N, S, S]``."""
+        tokens, mask = self._text_inputs(text, feats.batch)
         with autocast(self.device):
-            logits = self.model(x, tokens, mask)
+            logits = self.model.decode(feats, tokens, mask)
         return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+
+    def _cache_key(self, fingerprint: str) -> tuple:
+        # The weights' version: features of old weights are never reused after a reload.
+        return (model_version(self.model), self.model.training, str(self.device), fingerprint)
+
+    def clear_cache(self) -> None:
+        """Forget the cached image features (they are also dropped when the weights change)."""
+        self.feature_cache.clear()
 
     def predict_prob(self, image: np.ndarray, text: str | None = None) -> np.ndarray:
         """Probability map float32 ``[H, W]`` for a 2D image ``[H, W]`` or ``[H, W, C]``."""
@@ -158,12 +271,19 @@ class Predictor:
                 f"expected a 2D image [H, W] or [H, W, C] with C in 1, 3, 4; got shape "
                 f"{image.shape}: pick one slice of a volume first"
             )
-        rgb = to_float01(image)
-        height, width = rgb.shape[:2]
+        height, width = image.shape[:2]
         if self.tile and max(height, width) > self.tile_min_side:
-            return self._predict_tiled(rgb, text)
-        small = resize_image(rgb, self.img_size)
-        prob = self._run(small[None], text)[0]
+            return self._predict_tiled(to_float01(image), text)
+        fingerprint = None
+        if self.reuses_features and image.dtype.kind in "biuf":
+            # Keyed by the raw pixels: a re-prompt skips the preprocessing too.
+            fingerprint = "raw:" + image_fingerprint(image)
+            feats = self.feature_cache.get(self._cache_key(fingerprint))
+            if feats is not None:
+                prob = self._decode(feats, text)[0]
+                return resize_prob(prob, (height, width)).astype(np.float32)
+        small = resize_image(to_float01(image), self.img_size)
+        prob = self._run(small[None], text, fingerprint)[0]
         return resize_prob(prob, (height, width)).astype(np.float32)
 
     def predict(

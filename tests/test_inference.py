@@ -7,6 +7,15 @@ from src_models.inference import Predictor
 from src_models.models import create_model
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Shared 2-core machine: two intra-op threads beside other jobs make tiny models far slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def predictor(text_encoder):
     torch.manual_seed(0)
@@ -76,3 +85,93 @@ def test_device_policy():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda")
+
+
+# --------------------------------------------------------------------------- feature reuse
+
+
+@pytest.fixture(scope="module")
+def reclmis(text_encoder):
+    torch.manual_seed(0)
+    model = create_model("reclmis_tiny", text_dim=text_encoder.dim)
+    # BatchNorm statistics of one batch: a fresh model's output is nearly constant (running
+    # stats at their initial values); with them its masks and its response to text are not.
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.rand(4, 3, 64, 64), torch.randn(4, 10, text_encoder.dim))
+    for m in norms:
+        m.momentum = 0.1
+    model.auxiliary_losses()
+    return model.eval()
+
+
+def test_cached_second_prompt_equals_an_uncached_run(reclmis, text_encoder):
+    cached = Predictor(reclmis, device="cpu", text_encoder=text_encoder)
+    plain = Predictor(reclmis, device="cpu", text_encoder=text_encoder, feature_cache_size=0)
+    assert cached.reuses_features and not plain.reuses_features
+    image = np.random.default_rng(5).random((90, 70)).astype(np.float32)
+    first = cached.predict(image, "Lesion in the upper left lung.")
+    second = cached.predict(image, "Lesion in the lower right lung.")
+    info = cached.feature_cache.info()
+    assert info["misses"] == 1 and info["hits"] == 1 and info["size"] == 1
+    for got, text in (
+        (first, "Lesion in the upper left lung."),
+        (second, "Lesion in the lower right lung."),
+    ):
+        ref = plain.predict(image, text)  # the whole model, no cache
+        np.testing.assert_allclose(got.prob, ref.prob, rtol=0, atol=1e-5)
+        assert np.array_equal(got.mask, ref.mask)
+    assert not np.array_equal(first.mask, second.mask)  # the new text did change the mask
+
+
+def test_feature_cache_is_keyed_by_image_and_weights(reclmis, text_encoder):
+    import copy
+
+    model = copy.deepcopy(reclmis)
+    predictor = Predictor(model, device="cpu", text_encoder=text_encoder, feature_cache_size=2)
+    rng = np.random.default_rng(6)
+    a, b, c = (rng.random((64, 64)).astype(np.float32) for _ in range(3))
+    before = predictor.predict_prob(a, "nuclei")
+    predictor.predict_prob(a.copy(), "dense nuclei")  # same pixels, another array: a hit
+    assert predictor.feature_cache.info()["hits"] == 1
+    predictor.predict_prob(b, "nuclei")
+    predictor.predict_prob(c, "nuclei")  # LRU: a is evicted
+    assert len(predictor.feature_cache) == 2
+    predictor.predict_prob(a, "nuclei")
+    assert predictor.feature_cache.info()["misses"] == 4
+    # New weights (loaded in place) must not reuse features of the old ones.
+    with torch.no_grad():
+        model.encoder.inc[0].weight.mul_(1.5)
+    after = predictor.predict_prob(a, "nuclei")
+    assert predictor.feature_cache.info()["misses"] == 5
+    assert not np.allclose(before, after)
+    state = {k: v.clone() for k, v in reclmis.state_dict().items()}
+    model.load_state_dict(state)
+    np.testing.assert_allclose(predictor.predict_prob(a, "nuclei"), before, atol=1e-6)
+    predictor.clear_cache()
+    assert len(predictor.feature_cache) == 0
+
+
+def test_models_without_reuse_run_whole(predictor):
+    assert not predictor.reuses_features
+
+
+def test_tiled_prediction_reuses_the_tiles_features(reclmis, text_encoder):
+    tiled = Predictor(
+        reclmis, device="cpu", text_encoder=text_encoder, tile=True, tile_min_side=100
+    )
+    plain = Predictor(
+        reclmis,
+        device="cpu",
+        text_encoder=text_encoder,
+        tile=True,
+        tile_min_side=100,
+        feature_cache_size=0,
+    )
+    image = np.random.default_rng(7).random((120, 100)).astype(np.float32)
+    tiled.predict_prob(image, "nuclei")
+    second = tiled.predict_prob(image, "dense nuclei")
+    assert tiled.feature_cache.info()["hits"] >= 1
+    np.testing.assert_allclose(second, plain.predict_prob(image, "dense nuclei"), atol=1e-5)

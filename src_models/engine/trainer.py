@@ -15,7 +15,9 @@ Subclasses extend it through the hooks, e.g. a semi-supervised trainer overrides
 :meth:`Trainer.compute_loss` to add named terms (they are summed, backpropagated and reported in
 ``BatchEnd.losses``), :meth:`Trainer.on_epoch_start` to refresh pseudo labels, and
 :meth:`Trainer.extra_state` / :meth:`Trainer.load_extra_state` so that its own state resumes
-exactly. Distributed training (torchrun) is handled here; models and losses never see it.
+exactly. A model with training-only objectives of its own exposes them as
+``model.auxiliary_losses()`` (see :meth:`Trainer.model_losses`); they join the loss terms.
+Distributed training (torchrun) is handled here; models and losses never see it.
 """
 
 from __future__ import annotations
@@ -385,6 +387,16 @@ class Trainer:
             return dict(terms(logits, target))
         return {"seg": self.loss_fn(logits, target)}
 
+    def model_losses(self) -> dict[str, torch.Tensor]:
+        """Training-only terms the model computed in its last forward pass, already weighted.
+
+        A model offers them through ``auxiliary_losses() -> dict[str, Tensor]`` (scalars; e.g.
+        a reconstruction or contrastive objective of its own); they are added to the loss terms
+        of :meth:`compute_loss`. ``{}`` for models without such terms.
+        """
+        get = getattr(self.model, "auxiliary_losses", None)
+        return dict(get()) if callable(get) else {}
+
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         """The segmentation targets ``[B, 1, S, S]`` in [0, 1] of a prepared batch: the masks.
 
@@ -399,9 +411,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             logits = self.forward(batch)
+        # Read right after the forward that made them (a subclass may run the model again).
+        model_terms = self.model_losses()
         terms = self.compute_loss(batch, logits)
         if not terms or "loss" in terms:
             raise ValueError("compute_loss must return named terms, none of them called 'loss'")
+        clash = set(terms) & set(model_terms)
+        if clash:
+            raise ValueError(f"the model's auxiliary loss terms {sorted(clash)} clash with others")
+        terms.update(model_terms)
         total = sum(terms.values())
         self.scaler.scale(total).backward()
         if self.config.grad_clip is not None:

@@ -6,6 +6,8 @@
     napari-lvit predict CKPT IMAGE --text "..." --out mask.tif
     napari-lvit evaluate CKPT DATA --json
     napari-lvit retrain PROJECT --rounds 1 --epochs 5 --jsonl
+    napari-lvit pretrain DATA --out pre.safetensors --epochs 20 --model lvit_s
+    napari-lvit train DATA --init pre.safetensors --labeled-fraction 0.1 --semi epi --clcc ...
 
 The GUI commands (``demo``, ...) are added by ``napari_lvit._cli``, the console script.
 """
@@ -47,6 +49,30 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", type=Path, help="checkpoint to continue from")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="start from the image-encoder weights of this checkpoint (e.g. `napari-lvit "
+        "pretrain`); the rest of the model starts fresh",
+    )
+    few = p.add_argument_group("fewer labels (CLCC, SKS image-level labels)")
+    few.add_argument(
+        "--clcc",
+        action="store_true",
+        help="add CLCC's cross-level contrast (first third) and patch consistency (after); "
+        "uses the images without masks too, with or without --semi epi",
+    )
+    few.add_argument("--clcc-grid", type=int, default=2, help="CLCC grid side n (n x n patches)")
+    few.add_argument(
+        "--clcc-images", type=int, default=2, help="images per batch run as CLCC patches"
+    )
+    few.add_argument(
+        "--sks-epochs",
+        type=int,
+        default=10,
+        help="SKS models (sks_*): stage-1 classifier epochs on the image-level labels (the "
+        "table's Label column, empty masks); 0 skips stage 1",
+    )
     semi = p.add_argument_group("semi-supervised (EPI pseudo labels + LV loss)")
     semi.add_argument(
         "--labeled-fraction",
@@ -149,7 +175,39 @@ def _add_retrain(sub) -> None:
     p.set_defaults(func=cmd_retrain)
 
 
-COMMANDS = (_add_synth, _add_train, _add_predict, _add_evaluate, _add_models, _add_retrain)
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a model's image encoder on unlabeled images (Barlow Twins + image-text "
+        "InfoNCE, GTGM-style)",
+    )
+    p.add_argument(
+        "data", type=Path, help="LViT split folder, folder of images/volumes, or one volume"
+    )
+    p.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
+    p.add_argument("--model", default="lvit_s", help="registry name of the model to pretrain")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=None, help="default: the model's own")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--bt-weight", type=float, default=0.01, help="Barlow Twins term weight")
+    p.add_argument("--nce-weight", type=float, default=1.0, help="image-text InfoNCE weight")
+    p.add_argument("--no-text", action="store_true", help="Barlow Twins only")
+    p.add_argument("--text-encoder", default="default", help="'default' or a local HF folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_pretrain)
+
+
+COMMANDS = (
+    _add_synth,
+    _add_train,
+    _add_predict,
+    _add_evaluate,
+    _add_models,
+    _add_retrain,
+    _add_pretrain,
+)
 
 
 def build_parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
@@ -209,20 +267,32 @@ def cmd_train(args) -> int:
         if encoder is not None:
             overrides["text_dim"] = encoder.dim
         model = create_model(args.model, **overrides)
+    if args.init is not None:
+        if args.resume:
+            raise ValueError("--init and --resume exclude each other")
+        from src_models.engine.pretrain import load_pretrained_encoder
+
+        info = load_pretrained_encoder(model, args.init)
+        print(f"--init: loaded {info['loaded']}/{info['total']} encoder tensors from {args.init}")
     size = int(model.img_size)
     semi = args.semi == "epi"
     if not 0.0 < args.labeled_fraction <= 1.0:
         raise ValueError(f"--labeled-fraction must be in (0, 1], got {args.labeled_fraction}")
-    if semi or args.labeled_fraction < 1.0:
+    use_unlabeled = semi or args.clcc
+    if use_unlabeled or args.labeled_fraction < 1.0:
         from src_models.data.dataset import scan_split
         from src_models.engine.epi import split_labeled
 
-        records = scan_split(args.data, require_masks=not semi)
+        records = scan_split(args.data, require_masks=not use_unlabeled)
         labeled, unlabeled = split_labeled(records, args.labeled_fraction, seed=args.seed)
-        records = labeled + unlabeled if semi else labeled
+        records = labeled + unlabeled if use_unlabeled else labeled
         print(
             f"{len(labeled)} labeled images"
-            + (f", {len(unlabeled)} without masks" if semi else f" ({len(unlabeled)} left out)")
+            + (
+                f", {len(unlabeled)} without masks"
+                if use_unlabeled
+                else f" ({len(unlabeled)} left out)"
+            )
         )
         train_set = SegmentationDataset(
             records, size, augment=not args.no_augment, seed=args.seed, require_masks=False
@@ -242,11 +312,20 @@ def cmd_train(args) -> int:
         use_text=not args.no_text,
         out=args.out,
     )
+    no_lesion = _sks_stage1(args, model, train_set)
     if semi:
-        return _train_semi(args, model, train_set, val_set, encoder, config)
-    trainer = Trainer(
-        model, train_set, val_set, text_encoder=encoder, config=config, resume=args.resume
-    )
+        return _train_semi(args, model, train_set, val_set, encoder, config, no_lesion)
+    if args.clcc:
+        from src_models.engine.clcc import CLCCConfig, CLCCTrainer
+
+        clcc = CLCCConfig(grid=args.clcc_grid, images=args.clcc_images)
+        trainer = CLCCTrainer(
+            model, train_set, val_set, encoder, config, resume=args.resume, clcc=clcc
+        )
+    else:
+        trainer = Trainer(
+            model, train_set, val_set, text_encoder=encoder, config=config, resume=args.resume
+        )
     steps = -(-len(train_set) // args.batch_size)
     bar = tqdm(total=steps * args.epochs, unit="step", dynamic_ncols=True)
     done = None
@@ -266,7 +345,72 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _train_semi(args, model, train_set, val_set, encoder, config) -> int:
+def _sks_stage1(args, model, train_set) -> list[str]:
+    """SKS models: stage 1 on the image-level labels (unless resuming or ``--sks-epochs 0``).
+
+    Returns the names of the training images labeled "no lesion" (their pseudo labels are
+    forced empty in EPI rounds); for any model, not only SKS ones.
+    """
+    from src_models.engine.sks import ClassifierConfig, image_labels, train_classifier
+
+    labels = image_labels(train_set)
+    has = train_set.has_mask
+    no_lesion = [
+        n for n, y, h in zip(train_set.names, labels, has, strict=True) if y == 0 and not h
+    ]
+    if not hasattr(model, "classifier_training") or args.resume or args.sks_epochs <= 0:
+        return no_lesion
+    known = int((labels >= 0).sum())
+    n_neg = int((labels == 0).sum())
+    print(f"SKS stage 1: classifier on {known} image-level labels ({n_neg} no lesion)")
+    cfg = ClassifierConfig(
+        epochs=args.sks_epochs,
+        batch_size=max(2, args.batch_size),
+        seed=args.seed,
+        device=args.device,
+    )
+    for epoch in train_classifier(model, train_set, cfg, labels=labels):
+        print(
+            f"  classifier epoch {epoch.epoch}/{cfg.epochs}: BCE {epoch.loss:.4f}, "
+            f"accuracy {epoch.accuracy:.3f}"
+        )
+    return no_lesion
+
+
+def cmd_pretrain(args) -> int:
+    from src_models.engine.pretrain import PretrainConfig, Pretrainer, pretrain_dataset
+    from src_models.models import create_model
+    from src_models.text import TextEncoder
+
+    encoder = None if args.no_text else TextEncoder(args.text_encoder)
+    overrides = {} if args.img_size is None else {"img_size": args.img_size}
+    probe = create_model(args.model, **overrides)
+    if encoder is not None and getattr(probe, "uses_text", False):
+        overrides["text_dim"] = encoder.dim
+        probe = create_model(args.model, **overrides)
+    data = pretrain_dataset(args.data, int(probe.img_size), in_chans=int(probe.in_chans))
+    cfg = PretrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        bt_weight=args.bt_weight,
+        nce_weight=args.nce_weight,
+        seed=args.seed,
+        device=args.device,
+    )
+    pre = Pretrainer(probe, data, encoder, cfg)
+    print(f"pretraining {args.model} on {len(data)} images ({pre.n_text} with a text)")
+    for epoch in pre.fit():
+        print(
+            f"epoch {epoch.epoch}/{epoch.epochs}: loss {epoch.loss:.4f} (barlow {epoch.barlow:.4f}"
+            f", infonce {epoch.nce:.4f}), {epoch.seconds:.1f} s"
+        )
+    path = pre.save(args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_semi(args, model, train_set, val_set, encoder, config, no_lesion=()) -> int:
     """``train --semi epi``: rounds of EPI + LV (src_models.engine.epi), printed as they go."""
     from tqdm import tqdm
 
@@ -285,6 +429,7 @@ def _train_semi(args, model, train_set, val_set, encoder, config) -> int:
         margin=args.margin,
         lv_weight=args.lv_weight,
         pseudo_dir=None if args.pseudo_dir is None else str(args.pseudo_dir),
+        clcc={"grid": args.clcc_grid, "images": args.clcc_images} if args.clcc else None,
     )
     trainer = SemiTrainer(
         model,
@@ -293,6 +438,7 @@ def _train_semi(args, model, train_set, val_set, encoder, config) -> int:
         encoder,
         config,
         semi,
+        no_lesion=no_lesion,
         templates=args.templates,
         resume=args.resume is not None,
     )

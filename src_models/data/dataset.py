@@ -5,7 +5,9 @@ A split folder (``Train_Folder``, ``Val_Folder``, ...) holds ``img/`` (images) a
 names the MASK file (LViT); the image's own file name is accepted as well, with or without
 suffix. The table can be ``text.csv``, ``<Split>_text.xlsx`` / ``.csv`` inside the split folder
 (MoNuSeg), the only ``.csv`` / ``.xlsx`` file in it, or ``<Split>_text.xlsx`` / ``.csv`` beside
-the split folder (QaTa-COV19: ``Train_text.xlsx`` next to ``Train_Folder/``).
+the split folder (QaTa-COV19: ``Train_text.xlsx`` next to ``Train_Folder/``). An optional
+column ``Label`` (or ``Lesion``) holds image-level labels, 1 = lesion, 0 = no lesion
+(:func:`read_label_table`, ``SegmentationRecord.label``, ``SegmentationDataset.labels``).
 
 Images and masks are paired by file stem: ``img/X.png`` with ``labelcol/X.png`` (MoNuSeg) or
 ``labelcol/mask_X.png`` (QaTa-COV19); suffixes may differ (``X.tif`` with ``X.png``).
@@ -49,6 +51,7 @@ __all__ = [
     "collate",
     "find_text_table",
     "has_spatial_words",
+    "read_label_table",
     "read_text_table",
     "scan_split",
 ]
@@ -69,6 +72,7 @@ class SegmentationRecord:
     image_path: Path
     mask_path: Path | None = None
     text: str | None = None
+    label: int | None = None  # image-level label: 1 lesion, 0 no lesion, None unknown
 
 
 def has_spatial_words(texts: Sequence[str | None]) -> bool:
@@ -146,13 +150,8 @@ def _rows_from_xlsx(path: Path) -> list[list]:
         wb.close()
 
 
-def read_text_table(path: str | os.PathLike) -> dict[str, str]:
-    """Read an ``Image,Description`` table (CSV or XLSX) into ``{file name: description}``.
-
-    Column names are matched case-insensitively and stripped; values are stripped; rows with an
-    empty name are skipped. Raises :class:`DatasetError` for unreadable files, missing columns or
-    one name given two different descriptions.
-    """
+def _table_rows(path: str | os.PathLike) -> tuple[Path, list[str], list[list]]:
+    """``(path, lower-case header, rows from the header on)`` of a CSV/XLSX table."""
     p = Path(path)
     try:
         if p.suffix.lower() == ".xlsx":
@@ -173,6 +172,18 @@ def read_text_table(path: str | os.PathLike) -> dict[str, str]:
     if header_idx is None:
         raise DatasetError(f"Text table '{p}' is empty")
     header = [str(c).strip().lower() if c is not None else "" for c in rows[header_idx]]
+    return p, header, rows[header_idx:]
+
+
+def read_text_table(path: str | os.PathLike) -> dict[str, str]:
+    """Read an ``Image,Description`` table (CSV or XLSX) into ``{file name: description}``.
+
+    Column names are matched case-insensitively and stripped; values are stripped; rows with an
+    empty name are skipped. Raises :class:`DatasetError` for unreadable files, missing columns or
+    one name given two different descriptions.
+    """
+    p, header, rows = _table_rows(path)
+    header_idx = 0
     if "image" not in header or "description" not in header:
         raise DatasetError(
             f"Text table '{p}' needs columns 'Image' and 'Description'; found "
@@ -194,6 +205,41 @@ def read_text_table(path: str | os.PathLike) -> dict[str, str]:
             )
         table[name] = text
     return table
+
+
+LABEL_COLUMNS = ("label", "lesion")
+_LABEL_VALUES = {
+    "1": 1, "yes": 1, "true": 1, "lesion": 1, "y": 1,
+    "0": 0, "no": 0, "false": 0, "none": 0, "no lesion": 0, "n": 0,
+}  # fmt: skip
+
+
+def read_label_table(path: str | os.PathLike) -> dict[str, int]:
+    """Image-level labels from a text table's ``Label`` (or ``Lesion``) column, if it has one.
+
+    ``{file name: 1 (lesion) or 0 (no lesion)}``; empty cells are left out; values 1/0,
+    yes/no, true/false. No such column: ``{}``. Raises :class:`DatasetError` for other values.
+    """
+    p, header, rows = _table_rows(path)
+    col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
+    if col is None or "image" not in header:
+        return {}
+    ii = header.index("image")
+    labels: dict[str, int] = {}
+    for row in rows[1:]:
+        name = row[ii] if ii < len(row) else None
+        value = row[col] if col < len(row) else None
+        if name is None or not str(name).strip() or value is None or not str(value).strip():
+            continue
+        raw = str(value).strip().lower()
+        if raw.endswith(".0"):
+            raw = raw[:-2]  # spreadsheets store 1 as 1.0
+        if raw not in _LABEL_VALUES:
+            raise DatasetError(
+                f"Text table '{p}': label {value!r} of '{name}' is not 0/1 (or yes/no)"
+            )
+        labels[str(name).strip()] = _LABEL_VALUES[raw]
+    return labels
 
 
 def _lookup_text(table: dict[str, str], names: Sequence[str]) -> str | None:
@@ -256,6 +302,7 @@ def scan_split(
 
     table_path = Path(text_table) if text_table is not None else find_text_table(d)
     table = read_text_table(table_path) if table_path is not None else {}
+    label_table = read_label_table(table_path) if table_path is not None else {}
     if require_text and table_path is None:
         raise DatasetError(
             f"No text table for '{d}': expected text.csv or {_split_name(d)}_text.xlsx in it "
@@ -291,7 +338,8 @@ def scan_split(
                 f"No description for image '{img.name}' in text table '{table_path}' "
                 f"(looked for {' or '.join(repr(k) for k in keys)})"
             )
-        records.append(SegmentationRecord(stem, img, mask, text))
+        label = _lookup_text(label_table, keys) if label_table else None  # same name lookup
+        records.append(SegmentationRecord(stem, img, mask, text, label))
 
     orphans = sorted(set(masks_by_stem.values()) - used_masks)
     if orphans:
@@ -407,6 +455,9 @@ class SegmentationDataset(Dataset):
     progress:
         Optional callback ``progress(done, total)`` called while loading.
 
+    ``labels`` are the table's image-level labels per item (-1 unknown); a volume's 0 applies
+    to all its slices, its 1 to none (it does not say which slices show the lesion).
+
     Items are dicts: ``image`` float32 ``[in_chans, S, S]`` in [0, 1], ``mask`` float32
     ``[1, S, S]`` in {0, 1}, ``has_mask`` bool, ``text`` str ("" if none), ``name`` str,
     ``index`` int.
@@ -477,6 +528,7 @@ class SegmentationDataset(Dataset):
         texts: list[str] = []
         shapes: list[tuple[int, int]] = []
         item_records: list[int] = []
+        labels: list[int] = []
         empty = np.zeros((self.img_size, self.img_size), dtype=bool)
         for ri, (rec, items) in enumerate(zip(records, results, strict=True)):
             for name, im, m, shape in items:
@@ -487,6 +539,11 @@ class SegmentationDataset(Dataset):
                 texts.append(rec.text or "")
                 shapes.append(shape)
                 item_records.append(ri)
+                # A volume's "lesion" label does not say which slices: only 0 carries over.
+                label = -1 if rec.label is None else int(rec.label)
+                if len(items) > 1 and label == 1:
+                    label = -1
+                labels.append(label)
         self.names = names
         self._texts = texts
         self.original_shapes = shapes
@@ -494,6 +551,7 @@ class SegmentationDataset(Dataset):
         self._images = np.stack(images)  # [N, S, S, C] uint8
         self._masks = np.stack(masks).astype(bool)  # [N, S, S]
         self._has_mask = np.asarray(has_mask, dtype=bool)
+        self._labels = np.asarray(labels, dtype=np.int8)
         self.spatial_text = has_spatial_words(texts) if spatial_text is None else bool(spatial_text)
 
     # ------------------------------------------------------------------ API
@@ -510,6 +568,12 @@ class SegmentationDataset(Dataset):
     def has_mask(self) -> np.ndarray:
         """Bool array: which items have a ground-truth mask."""
         return self._has_mask.copy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int8 array of image-level labels from the table: 1 lesion, 0 none, -1 unknown."""
+        labels = getattr(self, "_labels", None)  # subclasses that build their own arrays
+        return np.full(len(self), -1, np.int8) if labels is None else labels.copy()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation of epoch ``epoch`` (call before each epoch)."""

@@ -424,6 +424,7 @@ def write_dataset(
     seed: int = 0,
     *,
     style: str = "short",
+    empty_fraction: float = 0.0,
 ) -> Path:
     """Write ``n`` synthetic samples in the LViT layout and return ``out_dir``.
 
@@ -432,11 +433,18 @@ def write_dataset(
     ``labelcol/synth_0000.png`` (0/255) and ``text.csv`` (``Image,Description``, ``Image`` =
     the mask's file name). Sample ``i`` depends only on ``(seed, kind, i)``, so the first
     samples of a larger set equal a smaller one's.
+
+    ``empty_fraction`` (``qata`` only): about this fraction of the images show no lesion (empty
+    mask, text "No pulmonary infection."); the table then has a third column ``Label`` (image-
+    level label, 1 = lesion, 0 = none). Whether sample ``i`` is empty is drawn from its own
+    stream, so the other samples stay the same as without it.
     """
     from .io import write_mask
 
     if kind not in _KIND_IDS:
         raise ValueError(f"unknown kind {kind!r}; use 'qata' or 'referring'")
+    if not 0.0 <= float(empty_fraction) < 1.0 or (empty_fraction and kind != "qata"):
+        raise ValueError("empty_fraction must be in [0, 1) and is for kind 'qata' only")
     n = int(n)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -450,16 +458,27 @@ def write_dataset(
     rows = []
     for i in range(n):
         rng = np.random.default_rng([int(seed), _KIND_IDS[kind], i])
-        if kind == "qata":
+        empty = (
+            empty_fraction > 0
+            and np.random.default_rng([int(seed), _KIND_IDS[kind], i, 1]).random() < empty_fraction
+        )
+        if kind == "qata" and empty:
+            image, _ = render_chest_xray(rng, size, [])
+            mask, text = np.zeros((size, size), dtype=bool), describe_lesions([])
+        elif kind == "qata":
             image, mask, text = make_qata_sample(rng, size)
         else:
             image, mask, text = make_referring_sample(rng, size, style=style)
         name = f"synth_{i:0{width}d}.png"
         Image.fromarray(image).save(out / "img" / name)
         write_mask(out / "labelcol" / name, mask)
-        rows.append((name, text))
+        rows.append((name, text, int(mask.any())))
     with open(out / "text.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["Image", "Description"])
-        writer.writerows(rows)
+        if empty_fraction > 0:
+            writer.writerow(["Image", "Description", "Label"])
+            writer.writerows(rows)
+        else:
+            writer.writerow(["Image", "Description"])
+            writer.writerows(r[:2] for r in rows)
     return out

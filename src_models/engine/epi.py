@@ -51,6 +51,10 @@ extra image channels, so the same random draw moves all of them), which keeps ta
 with augmented inputs. Images flagged "no lesion" (``no_lesion`` names) get an all-zero pseudo
 label (every pixel confident background) and no LV term.
 
+With ``SemiConfig.clcc`` set (a :class:`~src_models.engine.clcc.CLCCConfig`), every round's
+trainer also adds CLCC's terms (``clcc_contrast`` during the first third of all rounds' epochs,
+``clcc_consistency`` after; see :mod:`src_models.engine.clcc`).
+
 Restart: with ``TrainConfig.out`` set, ``<stem>.semi.json`` records finished rounds and the
 bank records its updates, so ``SemiTrainer(..., resume=True)`` continues with the next round (a
 round interrupted mid-way resumes exactly from its last epoch via the Trainer's own resume; a
@@ -152,8 +156,14 @@ class SemiConfig:
     bank_fsync: bool = True
     predict_batch_size: int = 8
     keep_files: bool = True  # round checkpoints + <stem>.semi.json beside out (for resume)
+    # CLCC terms in every round (src_models.engine.clcc.CLCCConfig or its dict; None = off)
+    clcc: Any = None
 
     def __post_init__(self) -> None:
+        if self.clcc is not None:
+            from src_models.engine.clcc import CLCCConfig
+
+            self.clcc = CLCCConfig.coerce(self.clcc)
         if self.pseudo_dir is not None:
             self.pseudo_dir = str(self.pseudo_dir)
         if int(self.rounds) < 0:
@@ -685,6 +695,7 @@ class SemiTrainer:
         self._cancel = threading.Event()
         self._best_state: dict[str, torch.Tensor] | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self._plan = (self.config.epochs, self.config.epochs, int(self.semi.rounds))
 
     # ------------------------------------------------------------------ public
 
@@ -741,6 +752,7 @@ class SemiTrainer:
         round0 = cfg.epochs if semi.round0_epochs is None else int(semi.round0_epochs)
         per_round = cfg.epochs if semi.round_epochs is None else int(semi.round_epochs)
         last_round = int(semi.rounds) if unlabeled else 0
+        self._plan = (round0, per_round, last_round)
         if not unlabeled and semi.rounds:
             warnings.warn("no unlabeled images: only round 0 (supervised) runs", stacklevel=2)
         rounds_run = 0
@@ -987,7 +999,20 @@ class SemiTrainer:
             min_lr=min(cfg.min_lr, lr),
             t0=max(1, min(int(cfg.t0), int(epochs))),
         )
-        return EPIRoundTrainer(
+        cls: type[EPIRoundTrainer] = EPIRoundTrainer
+        extra: dict[str, Any] = {}
+        if self.semi.clcc is not None:
+            from src_models.engine.clcc import CLCCRoundTrainer, schedule_total
+
+            round0, per_round, last_round = self._plan
+            cls = CLCCRoundTrainer
+            extra = {
+                "clcc": self.semi.clcc,
+                # the contrast -> consistency switch is placed on the whole run, all rounds
+                "clcc_offset": 0.0 if r == 0 else float(round0) + ramp_offset,
+                "clcc_total": schedule_total(round0, last_round, per_round),
+            }
+        return cls(
             self.model,
             data,
             self.val_set,
@@ -999,6 +1024,7 @@ class SemiTrainer:
             semi=self.semi,
             round_index=r,
             ramp_offset=ramp_offset,
+            **extra,
         )
 
     def _update_bank(self, r, unlabeled, device, use_text, amp):

@@ -150,12 +150,15 @@ class UNetDecoder(nn.Module):
         self.head = nn.Conv2d(w, out_chans, 1)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
+        return self.head(self.forward_features(feats))
+
+    def forward_features(self, feats: list[Tensor]) -> Tensor:
+        """The last feature map before the head, ``[B, W, S, S]``."""
         x1, x2, x3, x4, x5 = feats
         x = self.up4(x5, x4)
         x = self.up3(x, x3)
         x = self.up2(x, x2)
-        x = self.up1(x, x1)
-        return self.head(x)
+        return self.up1(x, x1)
 
 
 def check_image(image: Tensor, in_chans: int, img_size: int) -> None:

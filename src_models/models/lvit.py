@@ -334,6 +334,18 @@ class LViT(nn.Module):
     def forward(
         self, image: Tensor, text: Tensor | None = None, text_mask: Tensor | None = None
     ) -> Tensor:
+        return self.decoder(self._skips(image, text, text_mask))
+
+    def forward_features(
+        self, image: Tensor, text: Tensor | None = None, text_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(logits [B, 1, S, S], features [B, W, S, S])``: the features are the decoder's last
+        map, the one the 1x1 head reads (for CLCC-style losses); logits equal ``forward``'s."""
+        x = self.decoder.forward_features(self._skips(image, text, text_mask))
+        return self.decoder.head(x), x
+
+    def _skips(self, image: Tensor, text: Tensor | None, text_mask: Tensor | None) -> list[Tensor]:
+        """The five skip maps of the decoder: CNN features plus the reconstructed ViT tokens."""
         check_image(image, self.in_chans, self.img_size)
         feats = self.encoder(image)
         txt, keep = self.prepare_text(text, text_mask, image.shape[0], image)
@@ -349,7 +361,7 @@ class LViT(nn.Module):
         for i in (3, 2, 1, 0):
             above = self.up_vit[i](ys[i], above)
             feats[i] = self.reconstruct[i](above, feats[i])
-        return self.decoder(feats)
+        return feats
 
 
 def _build(defaults: dict, overrides: dict) -> LViT:

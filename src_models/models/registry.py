@@ -51,4 +51,4 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 def _import_families() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from src_models.models import lvit, unet  # noqa: F401
+    from src_models.models import lvit, reclmis, sks, unet  # noqa: F401

@@ -63,6 +63,14 @@ class UNet(nn.Module):
         check_image(image, self.in_chans, self.img_size)
         return self.decoder(self.encoder(image))
 
+    def forward_features(
+        self, image: Tensor, text: Tensor | None = None, text_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(logits [B, 1, S, S], features [B, W, S, S])`` (the map the head reads)."""
+        check_image(image, self.in_chans, self.img_size)
+        x = self.decoder.forward_features(self.encoder(image))
+        return self.decoder.head(x), x
+
 
 def _build(defaults: dict, overrides: dict) -> UNet:
     known = {f.name for f in dataclasses.fields(UNetConfig)}

@@ -300,6 +300,10 @@ class ProjectDataset(SegmentationDataset):
         self._images = np.stack(images)
         self._masks = np.stack(masks).astype(bool)
         self._has_mask = np.asarray(has_mask, dtype=bool)
+        # image-level labels: a one-click "no lesion" commit is a 0 (SKS stage 1, pseudo gating)
+        self._labels = np.asarray(
+            [0 if it.kind == "no_lesion" else -1 for it in self.items], dtype=np.int8
+        )
         self.spatial_text = has_spatial_words(texts) if spatial_text is None else bool(spatial_text)
 
 
@@ -636,6 +640,8 @@ class RetrainRun:
         cfg = self.config
         model, meta, base = _base_model(project, cfg)
         base_is_new = "_encoder" in meta or meta.get("_new", False)
+        # a `napari-lvit pretrain` checkpoint has a trained encoder but an untrained decoder
+        base_is_new = base_is_new or (meta.get("training") or {}).get("kind") == "pretrain"
         uses_text = bool(getattr(model, "uses_text", False))
         encoder = meta.pop("_encoder", None)
         meta.pop("_new", None)
@@ -709,6 +715,19 @@ class RetrainRun:
             save_last=False,
             threshold=float(meta.get("threshold", 0.5) or 0.5),
         )
+        if hasattr(model, "classifier_training"):
+            # SKS model: stage 1 refreshes its lesion classifier on the image-level labels
+            # (committed masks, one-click "no lesion") before the segmentation epochs.
+            from src_models.engine.sks import ClassifierConfig, image_labels, train_classifier
+
+            labels = image_labels(train_set)
+            if (labels >= 0).any():
+                stage1 = ClassifierConfig(
+                    epochs=cfg.epochs, batch_size=max(2, cfg.batch_size), seed=cfg.seed,
+                    device=cfg.device,
+                )  # fmt: skip
+                for _ in train_classifier(model, train_set, stage1, labels=labels):
+                    pass
         if use_semi:
             # One EPI update + `epochs` epochs on labelled + pseudo-labelled samples per project
             # round; a new (untrained) model first gets a supervised round 0. The pseudo-label

@@ -1,0 +1,365 @@
+"""Fewer labels still: CLCC, SKS image-level labels, GTGM-style pretraining, each with/without EPI.
+
+For each labeled fraction (10% and 25%) and seed, on synthetic QaTa-style chest X-rays (a
+quarter of them without any lesion, so that image-level labels carry information) or on MoNuSeg:
+
+- ``base``: the model trained on the labeled images only;
+- ``clcc``: + CLCC (cross-level contrast in the first third, patch consistency after) on all
+  training images;
+- ``sks``: the SKS variant of the model (``sks_<model>``); stage 1 trains its classifier on
+  image-level labels of *all* training images (the table's ``Label`` column), and with EPI those
+  labels also force the pseudo label of every "no lesion" image to empty;
+- ``pretrain``: the image encoder starts from GTGM-style pretraining (Barlow Twins + image-text
+  InfoNCE) on all training images (no masks), done once per seed;
+- ``all``: all three together.
+
+"without EPI" trains ``round0 + rounds * round_epochs`` epochs (the same number of epochs as the
+EPI runs); "with EPI" trains ``round0`` epochs on the labeled images, then ``rounds`` EPI rounds
+(LV weight ``--lv-weight``) on labeled + pseudo-labeled images. Every run keeps its best epoch by
+validation Dice and is scored on a held-out test split (mean per-image Dice at 0.5, model size).
+Results: ``benchmarks/out/fewlabels.json`` and ``fewlabels.md`` (``fewlabels_quick.*`` with
+``--quick``).
+
+    python benchmarks/bench_fewlabels.py                  # hours on 2 shared CPU cores
+    python benchmarks/bench_fewlabels.py --quick          # a ~5-minute smoke run (1 seed)
+    python benchmarks/bench_fewlabels.py --monuseg /work/shared/datasets/MoNuSeg
+
+MoNuSeg (licence CC BY-NC-SA) is only read, never copied: its Train_Folder is split into
+train/val by seed, its Val_Folder is the test split. Every MoNuSeg image has nuclei, so there
+the image-level labels are all 1 and SKS's classifier learns nothing useful (reported as is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from src_models.data import SegmentationDataset, scan_split  # noqa: E402
+from src_models.data.synthetic import write_dataset  # noqa: E402
+from src_models.engine import Callback, TrainConfig, Trainer, ValidationEnd, evaluate  # noqa: E402
+from src_models.engine.clcc import CLCCConfig, CLCCTrainer  # noqa: E402
+from src_models.engine.epi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
+from src_models.engine.pretrain import PretrainConfig, Pretrainer, image_encoder  # noqa: E402
+from src_models.engine.sks import ClassifierConfig, image_labels, train_classifier  # noqa: E402
+from src_models.models import create_model  # noqa: E402
+from src_models.text import TextEncoder  # noqa: E402
+
+METHODS = ("base", "clcc", "sks", "pretrain", "all")
+LABELS = {
+    "base": "base",
+    "clcc": "+ CLCC",
+    "sks": "+ SKS (image-level labels, all images)",
+    "pretrain": "+ pretraining (Barlow Twins + InfoNCE)",
+    "all": "+ all three",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/)")
+    p.add_argument("--model", default="lvit_s")
+    p.add_argument("--size", type=int, default=80)
+    p.add_argument("--n-train", type=int, default=100)
+    p.add_argument("--n-val", type=int, default=24)
+    p.add_argument("--n-test", type=int, default=40)
+    p.add_argument("--empty-fraction", type=float, default=0.25, help="synthetic: no-lesion share")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--round0-epochs", type=int, default=24)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--round-epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lv-weight", type=float, default=0.1)
+    p.add_argument("--clcc-grid", type=int, default=2)
+    p.add_argument("--clcc-images", type=int, default=2)
+    p.add_argument("--sks-epochs", type=int, default=10)
+    p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument("--monuseg", type=Path, default=None, help="MoNuSeg root (read only)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="1 is fastest when other jobs share the cores"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny smoke configuration, 1 seed")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model = "lvit_tiny" if args.model == "lvit_s" else args.model
+        args.size, args.n_train, args.n_val, args.n_test = 64, 40, 8, 12
+        args.seeds = args.seeds[:1]
+        args.round0_epochs, args.rounds, args.round_epochs = 10, 1, 4
+        args.sks_epochs, args.pretrain_epochs, args.clcc_images = 3, 3, 1
+        args.batch_size, args.lr = 2, 3e-3
+    if args.out is None:
+        name = "fewlabels_quick.json" if args.quick else "fewlabels.json"
+        if args.monuseg is not None:
+            name = name.replace("fewlabels", "fewlabels_monuseg")
+        args.out = ROOT / "benchmarks" / "out" / name
+    return args
+
+
+# --------------------------------------------------------------------------- data
+
+
+def synthetic_splits(args, work: Path):
+    size = max(args.size, 64)
+    kw = {"empty_fraction": args.empty_fraction}
+    train = write_dataset(work / "train", "qata", n=args.n_train, size=size, seed=100, **kw)
+    val = write_dataset(work / "val", "qata", n=args.n_val, size=size, seed=200, **kw)
+    test = write_dataset(work / "test", "qata", n=args.n_test, size=size, seed=300, **kw)
+    return scan_split(train), scan_split(val), scan_split(test)
+
+
+def monuseg_splits(args, seed: int):
+    root = args.monuseg
+    records = scan_split(root / "Train_Folder")
+    order = np.random.default_rng(1000 + seed).permutation(len(records))
+    n_val = max(2, len(records) // 5)
+    val = [records[i] for i in order[:n_val]]
+    train = [records[i] for i in order[n_val:]]
+    # every MoNuSeg image has nuclei: image-level label 1
+    train = [dataclasses.replace(r, label=1) for r in train]
+    return train, val, scan_split(root / "Val_Folder")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _config(args, epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.lr / 10,
+        t0=max(epochs, 1),
+        patience=10**6,
+        seed=seed,
+        device="cpu",
+        val_batch_size=8,
+        save_last=False,
+    )
+
+
+class _KeepBest(Callback):
+    """Best-by-validation weights of a run with ``out=None``."""
+
+    def __init__(self) -> None:
+        self.state = None
+
+    def on_event(self, trainer, event) -> None:
+        if isinstance(event, ValidationEnd) and event.improved:
+            self.state = copy.deepcopy(trainer.model.state_dict())
+
+
+def pretrain_encoder(args, encoder, train_recs, seed: int, log) -> dict:
+    """GTGM-style pretraining on all training images (masks dropped); the encoder's weights."""
+    t = time.perf_counter()
+    recs = [dataclasses.replace(r, mask_path=None) for r in train_recs]
+    data = SegmentationDataset(recs, args.size, require_masks=False)
+    torch.manual_seed(seed)
+    model = create_model(args.model, img_size=args.size, text_dim=encoder.dim)
+    cfg = PretrainConfig(
+        epochs=args.pretrain_epochs, batch_size=max(4, args.batch_size), seed=seed, device="cpu"
+    )
+    epochs = Pretrainer(model, data, encoder, cfg).run()
+    last = epochs[-1]
+    log(
+        f"  pretraining ({len(epochs)} epochs, {len(data)} images): loss {last.loss:.4f} "
+        f"(barlow {last.barlow:.4f}, infonce {last.nce:.4f}), {time.perf_counter() - t:.0f} s"
+    )
+    return copy.deepcopy(image_encoder(model).state_dict())
+
+
+def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_state) -> dict:
+    lab_set, semi_set, val_set, test_set = sets
+    t = time.perf_counter()
+    sks = method in ("sks", "all")
+    clcc = method in ("clcc", "all")
+    pre = method in ("pretrain", "all")
+    torch.manual_seed(seed)
+    name = f"sks_{args.model}" if sks else args.model
+    model = create_model(name, img_size=args.size, text_dim=encoder.dim)
+    if pre:
+        image_encoder(model).load_state_dict(pre_state)
+    no_lesion: list[str] = []
+    info: dict = {}
+    if sks:
+        labels = image_labels(semi_set)  # the table's labels of all training images
+        cls_cfg = ClassifierConfig(epochs=args.sks_epochs, batch_size=8, seed=seed, device="cpu")
+        hist = list(train_classifier(model, semi_set, cls_cfg, labels=labels))
+        info["classifier_accuracy"] = hist[-1].accuracy
+        no_lesion = [
+            n for n, y, h in zip(semi_set.names, labels, semi_set.has_mask, strict=True)
+            if y == 0 and not h
+        ]  # fmt: skip
+    clcc_cfg = CLCCConfig(grid=args.clcc_grid, images=args.clcc_images) if clcc else None
+    total = args.round0_epochs + args.rounds * args.round_epochs
+    if epi:
+        with tempfile.TemporaryDirectory(prefix="bench-few-") as tmp:
+            cfg = _config(args, args.round_epochs, seed)
+            cfg.t0 = max(args.round0_epochs, args.round_epochs)
+            semi = SemiConfig(
+                rounds=args.rounds,
+                round0_epochs=args.round0_epochs,
+                round_epochs=args.round_epochs,
+                lv_weight=args.lv_weight,
+                pseudo_dir=tmp,
+                bank_fsync=False,
+                clcc=clcc_cfg,
+            )
+            done = SemiTrainer(
+                model, semi_set, val_set, encoder, cfg, semi, no_lesion=no_lesion
+            ).run()
+        val = done.best_dice
+    else:
+        keep = _KeepBest()
+        cfg = _config(args, total, seed)
+        if clcc:
+            trainer = CLCCTrainer(
+                model, semi_set, val_set, encoder, cfg, hooks=[keep], clcc=clcc_cfg
+            )
+        else:
+            trainer = Trainer(model, lab_set, val_set, encoder, cfg, hooks=[keep])
+        done = trainer.run()
+        if keep.state is not None:
+            model.load_state_dict(keep.state)
+        val = done.best_dice
+    test = float(evaluate(model, test_set, encoder, device="cpu", batch_size=8)["dice"])
+    return {"val": val, "test": test, "seconds": time.perf_counter() - t, **info}
+
+
+def run_cell(args, encoder, splits, fraction: float, seed: int, pre_state, log) -> dict:
+    train_recs, val_recs, test_recs = splits
+    size = args.size
+    labeled, unlabeled = split_labeled(train_recs, fraction, seed=seed)
+    sets = (
+        SegmentationDataset(labeled, size, augment=True, seed=seed),
+        SegmentationDataset(labeled + unlabeled, size, augment=True, seed=seed),
+        SegmentationDataset(val_recs, size),
+        SegmentationDataset(test_recs, size),
+    )
+    out: dict[str, dict] = {}
+    for method in args.methods:
+        for epi in (False, True):
+            key = f"{method}{'+epi' if epi else ''}"
+            res = run_variant(args, encoder, sets, method, epi, seed, pre_state)
+            out[key] = res
+            log(f"  {key}: val {res['val']:.4f} test {res['test']:.4f} ({res['seconds']:.0f} s)")
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(results: dict, methods) -> dict:
+    summary: dict = {}
+    for frac, per_seed in results.items():
+        summary[frac] = {}
+        for method in methods:
+            for epi in (False, True):
+                key = f"{method}{'+epi' if epi else ''}"
+                tests = [cell[key]["test"] for cell in per_seed.values() if key in cell]
+                mean, sd = _stats(tests)
+                summary[frac][key] = {"mean": mean, "sd": sd, "n": len(tests)}
+    return summary
+
+
+def table(summary: dict, methods, quick: bool) -> str:
+    fracs = list(summary)
+    head = "| method | " + " | ".join(
+        f"{float(f):.0%} labels, no EPI | {float(f):.0%} labels, EPI" for f in fracs
+    )
+    lines = [head + " |", "|---" * (1 + 2 * len(fracs)) + "|"]
+
+    def cell(s):
+        if s["mean"] is None:
+            return "-"
+        return f"{100 * s['mean']:.2f} ± {100 * s['sd']:.2f}"
+
+    for method in methods:
+        row = [LABELS[method]]
+        for f in fracs:
+            row += [cell(summary[f][method]), cell(summary[f][f"{method}+epi"])]
+        lines.append("| " + " | ".join(row) + " |")
+    note = "QUICK smoke run (tiny data and model, a few epochs, 1 seed): not a result. "
+    note = note if quick else ""
+    lines.append("")
+    lines.append(
+        f"{note}Test Dice (%), mean ± sd over seeds. An image without lesion scores 1 when"
+        " nothing is predicted, so a model that predicts nothing scores the share of such test"
+        " images."
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_all:7.0f} s] {msg}", flush=True)
+
+    encoder = TextEncoder()
+    results: dict = {str(f): {} for f in args.fractions}
+    with tempfile.TemporaryDirectory(prefix="bench-few-data-") as work:
+        fixed = None if args.monuseg is not None else synthetic_splits(args, Path(work))
+        for seed in args.seeds:
+            splits = fixed if fixed is not None else monuseg_splits(args, seed)
+            n_train, n_val, n_test = (len(s) for s in splits)
+            log(f"seed {seed}: {n_train} train / {n_val} val / {n_test} test")
+            pre_state = None
+            if {"pretrain", "all"} & set(args.methods):
+                pre_state = pretrain_encoder(args, encoder, splits[0], seed, log)
+            for frac in args.fractions:
+                log(f" {frac:.0%} labels, seed {seed}")
+                results[str(frac)][str(seed)] = run_cell(
+                    args, encoder, splits, frac, seed, pre_state, log
+                )
+    summary = summarise(results, args.methods)
+    md = table(summary, args.methods, args.quick)
+    report = {
+        "benchmark": "fewlabels",
+        "quick": bool(args.quick),
+        "data": "MoNuSeg" if args.monuseg is not None else "synthetic qata",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "seconds": time.perf_counter() - t_all,
+        "summary": summary,
+        "results": results,
+    }
+    args.out.write_text(json.dumps(report, indent=1))
+    args.out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ Trains ``lvit_s`` on synthetic chest X-rays with both kinds of text (QaTa report
 every lesion, and referring prompts that name only some of the lesions, in the short and in the
 QaTa style), then measures it on freshly generated data and writes a JSON report:
 
-    python benchmarks/train_default.py                 # about 25 min on 2 CPU cores
+    python benchmarks/train_default.py                 # about 20 min on 2 CPU cores
     python benchmarks/train_default.py --install       # also copy it into the package
 
 The installed checkpoint holds float16 weights (half the size; loading casts them back).

@@ -47,7 +47,11 @@ def _add_train(sub) -> None:
     p.add_argument("--text-encoder", default="default", help="'default' or a local HF folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    p.add_argument(
+        "--resume",
+        help="checkpoint to continue from ('default': the shipped model); one without its "
+        "training state (.train_state.pt) starts a new run from its weights (fine-tuning)",
+    )
     p.add_argument("--no-augment", action="store_true")
     p.add_argument(
         "--init",
@@ -259,17 +263,29 @@ def cmd_train(args) -> int:
     from src_models.models import create_model
     from src_models.text import TextEncoder
 
+    if args.init is not None and args.resume:
+        raise ValueError("--init and --resume exclude each other")
     encoder = None if args.no_text else TextEncoder(args.text_encoder)
     if args.resume:
-        model, _ = load_checkpoint(args.resume)
+        from src_models.engine.checkpoint import CheckpointError, resolve_resume
+        from src_models.inference import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(args.resume)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: checkpoint not found: {args.resume}")
+        model, _ = load_checkpoint(checkpoint)
+        try:
+            resolve_resume(checkpoint)
+            args.resume = checkpoint
+        except CheckpointError:
+            print(f"{checkpoint} has no training state: fine-tuning a new run from its weights")
+            args.resume = None
     else:
         overrides = {} if args.img_size is None else {"img_size": args.img_size}
         if encoder is not None:
             overrides["text_dim"] = encoder.dim
         model = create_model(args.model, **overrides)
     if args.init is not None:
-        if args.resume:
-            raise ValueError("--init and --resume exclude each other")
         from src_models.engine.pretrain import load_pretrained_encoder
 
         info = load_pretrained_encoder(model, args.init)

@@ -33,7 +33,6 @@ Differences from the official code, none of which changes what the computation m
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src_models.models.blocks import UNetDecoder, UNetEncoder, check_image
-from src_models.models.registry import register_model
+from src_models.models.registry import build_config, register_model
 
 __all__ = ["LViT", "LViTConfig", "lvit_s", "lvit_t", "lvit_tiny"]
 
@@ -365,13 +364,7 @@ class LViT(nn.Module):
 
 
 def _build(defaults: dict, overrides: dict) -> LViT:
-    known = {f.name for f in dataclasses.fields(LViTConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(
-            f"unknown LViT config field(s) {sorted(unknown)}; valid fields: {sorted(known)}"
-        )
-    return LViT(LViTConfig(**{**defaults, **overrides}))
+    return LViT(build_config(LViTConfig, defaults, overrides, "LViT"))
 
 
 @register_model

@@ -35,7 +35,6 @@ positional embedding, masked words a learned token plus a learned word-position 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 from src_models.losses.conditioned_contrastive import conditioned_contrastive_loss
 from src_models.losses.masked_reconstruction import masked_mse
 from src_models.models.blocks import UNetDecoder, UNetEncoder, check_image
-from src_models.models.registry import register_model
+from src_models.models.registry import build_config, register_model
 
 __all__ = ["ImageFeatures", "RecLMIS", "RecLMISConfig", "reclmis", "reclmis_s", "reclmis_tiny"]
 
@@ -526,13 +525,7 @@ def nearest_up_conv_weight(weight: Tensor) -> Tensor:
 
 
 def _build(defaults: dict, overrides: dict) -> RecLMIS:
-    known = {f.name for f in dataclasses.fields(RecLMISConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(
-            f"unknown RecLMIS config field(s) {sorted(unknown)}; valid fields: {sorted(known)}"
-        )
-    return RecLMIS(RecLMISConfig(**{**defaults, **overrides}))
+    return RecLMIS(build_config(RecLMISConfig, defaults, overrides, "RecLMIS"))
 
 
 @register_model

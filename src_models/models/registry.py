@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+ConfigT = TypeVar("ConfigT")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -47,6 +48,20 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     cfg = getattr(model, "config", None)
     model.model_config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
     return model
+
+
+def build_config(
+    config_cls: type[ConfigT], defaults: dict[str, Any], overrides: dict[str, Any], family: str
+) -> ConfigT:
+    """A family's config dataclass from its variant's ``defaults`` replaced by ``overrides``;
+    an unknown field is a TypeError that lists the valid ones."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(
+            f"unknown {family} config field(s) {sorted(unknown)}; valid fields: {sorted(known)}"
+        )
+    return config_cls(**{**defaults, **overrides})
 
 
 def _import_families() -> None:

@@ -5,13 +5,12 @@ Accepts ``text`` and ``text_mask`` for interface compatibility and ignores them.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from src_models.models.blocks import UNetDecoder, UNetEncoder, check_image
-from src_models.models.registry import register_model
+from src_models.models.registry import build_config, register_model
 
 __all__ = ["UNet", "UNetConfig", "unet", "unet_s", "unet_tiny"]
 
@@ -73,13 +72,7 @@ class UNet(nn.Module):
 
 
 def _build(defaults: dict, overrides: dict) -> UNet:
-    known = {f.name for f in dataclasses.fields(UNetConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(
-            f"unknown U-Net config field(s) {sorted(unknown)}; valid fields: {sorted(known)}"
-        )
-    return UNet(UNetConfig(**{**defaults, **overrides}))
+    return UNet(build_config(UNetConfig, defaults, overrides, "U-Net"))
 
 
 @register_model

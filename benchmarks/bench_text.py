@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from src_models.data.dataset import SegmentationDataset  # noqa: E402
 from src_models.data.synthetic import write_dataset  # noqa: E402
+from src_models.engine.checkpoint import load_checkpoint  # noqa: E402
 from src_models.engine.evaluate import evaluate, evaluate_left_right  # noqa: E402
 from src_models.engine.trainer import TrainConfig, Trainer  # noqa: E402
 from src_models.inference import DEFAULT_CHECKPOINT, Predictor  # noqa: E402
@@ -55,8 +56,6 @@ def train(name: str, use_text: bool, train_set, val_set, encoder, args, out: Pat
     done = trainer.run()
     seconds = time.perf_counter() - t0
     # the best epoch's weights (by validation Dice)
-    from src_models.engine.checkpoint import load_checkpoint
-
     best, _ = load_checkpoint(out)
     return best, {"train_seconds": round(seconds, 1), "best_epoch": done.best_epoch}
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = half_precision_copy(out, args.work / "default.safetensors")
     figures = measure(shipped, args.data_size, seed=1000 + args.seed, n_eval=args.n_eval)
     report = {
-        "recipe": vars(args) | {"work": str(args.work)},
+        "recipe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "n_train": len(train_set),
         "n_val": len(val_set),
         "data_seconds": round(t_data, 1),
@@ -153,9 +153,6 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": platform.processor() or platform.machine(),
             "threads": args.threads,
         },
-    }
-    report["recipe"] = {
-        k: str(v) if isinstance(v, Path) else v for k, v in report["recipe"].items()
     }
     (ROOT / "out").mkdir(exist_ok=True)
     (ROOT / "out" / "default_model.json").write_text(json.dumps(report, indent=2))

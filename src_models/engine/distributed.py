@@ -110,9 +110,15 @@ class Distributed:
         self.device = dev
         return dev
 
-    def teardown(self) -> None:
-        """Leave the process group if :meth:`setup` created it."""
+    def teardown(self, synchronize: bool = True) -> None:
+        """Leave the process group if :meth:`setup` created it.
+
+        With ``synchronize`` all ranks meet at a barrier first: a gloo rank that destroys its
+        group while a peer is still busy (rank 0 writing the last checkpoint) can abort with
+        "terminate called without an active exception"."""
         if self._owns_group and dist.is_initialized():
+            if synchronize:
+                dist.barrier()
             dist.destroy_process_group()
         self._owns_group = False
 

@@ -223,6 +223,7 @@ class Trainer:
 
     def fit(self) -> Iterator[Event]:
         """Train; yields events (on rank 0 only, except the final ``TrainingDone``)."""
+        self._fit_completed = False
         try:
             self.on_fit_start()
             yield from self._emit([self._fit_start_event()])
@@ -237,6 +238,7 @@ class Trainer:
                     yield from self._emit(self.on_train_epoch_end())
                     yield from self._emit(self.validate())
                     yield from self._emit(self.on_epoch_end())
+            self._fit_completed = True
         finally:
             self.on_fit_end()
         done = self._done_event()
@@ -567,7 +569,9 @@ class Trainer:
         for hook in self.hooks:
             hook.on_fit_end(self)
         self.model.eval()
-        self.dist.teardown()
+        # Ranks meet before leaving the group only after a normal end: after an error on one
+        # rank the others would wait at that barrier for the collective timeout.
+        self.dist.teardown(synchronize=getattr(self, "_fit_completed", False))
 
     # ----------------------------------------------------------------- state for exact resume
 

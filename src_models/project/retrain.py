@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import threading
 import time
@@ -44,7 +43,7 @@ from src_models.data.dataset import SegmentationDataset
 
 from ._fs import fsync_dir
 from .records import TrainingItem
-from .store import Project
+from .store import Project, json_safe
 
 __all__ = [
     "ProjectDataset",
@@ -167,25 +166,11 @@ def event_to_dict(event: Any) -> dict[str, Any]:
 
     Non-finite floats become ``None``; tuples become lists.
     """
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
     if dataclasses.is_dataclass(event) and not isinstance(event, type):
         fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     else:
         fields = {"value": repr(event)}
-    return {"type": type(event).__name__, **clean(fields)}
+    return {"type": type(event).__name__, **json_safe(fields)}
 
 
 def format_retrain_event(event: Any) -> str:

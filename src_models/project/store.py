@@ -1427,22 +1427,26 @@ class Project:
         return summary
 
 
+def json_safe(v: Any) -> Any:
+    """``v`` with plain JSON types: dict keys as strings, tuples as lists, numpy scalars as
+    Python numbers, paths as strings, and non-finite floats as ``None`` (JSON has no NaN/inf)."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
 def _dump_metrics(metrics: dict[str, Any]) -> str:
     if not isinstance(metrics, dict):
         raise TypeError(f"round metrics must be a dict, got {type(metrics).__name__}")
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            return None  # JSON has no NaN/inf
-        return v
-
-    return json.dumps(clean(metrics), allow_nan=False)
+    return json.dumps(json_safe(metrics), allow_nan=False)
 
 
 def _statements(script: str) -> list[str]:

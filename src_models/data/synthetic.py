@@ -248,14 +248,20 @@ def render_chest_xray(
     rng: np.random.Generator | int | None,
     size: int = 224,
     lesions: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
+    *,
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, list[Lesion]]:
     """Render one chest image with lesions at the given (zone, side) places.
 
     Returns the uint8 image ``[size, size]`` and one :class:`Lesion` (with its bool mask) per
     requested place, in order. ``side`` is the patient's side (see module docstring).
+    ``contrast`` scales the lesions' brightness only (below 1: fainter, harder to see); the
+    random draws, and so the layout and the masks, do not depend on it.
     """
     rng = _rng(rng)
     size = _check_size(size)
+    if not 0.0 < float(contrast) <= 4.0:
+        raise ValueError(f"contrast must be in (0, 4], got {contrast}")
     for zone, side in lesions:
         _check_zone(zone)
         _check_side(side)
@@ -269,7 +275,7 @@ def render_chest_xray(
     out: list[Lesion] = []
     for zone, side in lesions:
         prof = _lesion_profile(rng, size, anat, zone, side)
-        amp = float(rng.uniform(0.25, 0.4))
+        amp = float(rng.uniform(0.25, 0.4)) * float(contrast)
         img += amp * prof * np.maximum(lung_field, 0.5) * (0.9 + 0.15 * texture)
         out.append(Lesion(zone=zone, side=side, mask=(prof > 0.5) & lung_hard))
     img += 0.015 * rng.standard_normal(img.shape)
@@ -328,19 +334,19 @@ def _union(masks, size: int) -> np.ndarray:
 
 
 def make_qata_sample(
-    rng: np.random.Generator | int | None, size: int = 224
+    rng: np.random.Generator | int | None, size: int = 224, *, contrast: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """A QaTa-like sample: (image uint8 [H, W], mask bool [H, W], text).
 
     1 to 4 lesions in distinct zones; the mask holds all of them and the text describes them all
-    in the QaTa style.
+    in the QaTa style. ``contrast``: see :func:`render_chest_xray`.
     """
     rng = _rng(rng)
     size = _check_size(size)
     n = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.3, 0.2, 0.15]))
     idx = rng.choice(len(LESION_ZONES), size=n, replace=False)
     places = [LESION_ZONES[i] for i in sorted(idx)]
-    image, lesions = render_chest_xray(rng, size, places)
+    image, lesions = render_chest_xray(rng, size, places, contrast=contrast)
     return image, _union([les.mask for les in lesions], size), describe_lesions(places)
 
 
@@ -425,6 +431,7 @@ def write_dataset(
     *,
     style: str = "short",
     empty_fraction: float = 0.0,
+    contrast: float = 1.0,
 ) -> Path:
     """Write ``n`` synthetic samples in the LViT layout and return ``out_dir``.
 
@@ -438,6 +445,9 @@ def write_dataset(
     mask, text "No pulmonary infection."); the table then has a third column ``Label`` (image-
     level label, 1 = lesion, 0 = none). Whether sample ``i`` is empty is drawn from its own
     stream, so the other samples stay the same as without it.
+
+    ``contrast`` (``qata`` only) scales the lesions' brightness (:func:`render_chest_xray`):
+    the same images and masks with fainter lesions, a harder task that needs more labels.
     """
     from .io import write_mask
 
@@ -445,6 +455,8 @@ def write_dataset(
         raise ValueError(f"unknown kind {kind!r}; use 'qata' or 'referring'")
     if not 0.0 <= float(empty_fraction) < 1.0 or (empty_fraction and kind != "qata"):
         raise ValueError("empty_fraction must be in [0, 1) and is for kind 'qata' only")
+    if contrast != 1.0 and kind != "qata":
+        raise ValueError("contrast is for kind 'qata' only")
     n = int(n)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -466,7 +478,7 @@ def write_dataset(
             image, _ = render_chest_xray(rng, size, [])
             mask, text = np.zeros((size, size), dtype=bool), describe_lesions([])
         elif kind == "qata":
-            image, mask, text = make_qata_sample(rng, size)
+            image, mask, text = make_qata_sample(rng, size, contrast=contrast)
         else:
             image, mask, text = make_referring_sample(rng, size, style=style)
         name = f"synth_{i:0{width}d}.png"

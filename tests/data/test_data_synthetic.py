@@ -138,3 +138,14 @@ def test_sample_chest_xray():
     again = sample_chest_xray(seed=0, size=128)
     np.testing.assert_array_equal(img, again[0])
     assert QATA_RE.match(text)
+
+
+def test_contrast_fades_lesions_but_keeps_layout_and_masks():
+    full, m_full, t_full = make_qata_sample(np.random.default_rng(11), 96)
+    faint, m_faint, t_faint = make_qata_sample(np.random.default_rng(11), 96, contrast=0.4)
+    assert t_full == t_faint and np.array_equal(m_full, m_faint)
+    background = ~m_full
+    gap = lambda img: img[m_full].mean() - img[background].mean()  # noqa: E731
+    assert 0 < gap(faint.astype(float)) < 0.6 * gap(full.astype(float))
+    with pytest.raises(ValueError, match="contrast"):
+        make_qata_sample(np.random.default_rng(0), 96, contrast=0.0)

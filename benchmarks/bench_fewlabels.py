@@ -37,7 +37,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -46,16 +45,23 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from src_models.data import SegmentationDataset, scan_split  # noqa: E402
-from src_models.data.synthetic import write_dataset  # noqa: E402
-from src_models.engine import Callback, TrainConfig, Trainer, ValidationEnd, evaluate  # noqa: E402
+from _common import (  # noqa: E402
+    KeepBest,
+    labeled_epochs,
+    monuseg_splits,
+    stats,
+    synthetic_splits,
+    train_config,
+)
+
+from src_models.data import SegmentationDataset  # noqa: E402
+from src_models.engine import Trainer, evaluate  # noqa: E402
 from src_models.engine.clcc import CLCCConfig, CLCCTrainer  # noqa: E402
 from src_models.engine.epi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
 from src_models.engine.pretrain import PretrainConfig, Pretrainer, image_encoder  # noqa: E402
@@ -82,10 +88,22 @@ def parse_args(argv=None):
     p.add_argument("--n-val", type=int, default=24)
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--empty-fraction", type=float, default=0.25, help="synthetic: no-lesion share")
+    p.add_argument(
+        "--contrast",
+        type=float,
+        default=1.0,
+        help="synthetic lesion brightness (below 1: fainter lesions, a harder task)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--round0-epochs", type=int, default=24)
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=250,
+        help="lengthen training on the labeled images alone to at least this many steps",
+    )
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--round-epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=4)
@@ -107,7 +125,7 @@ def parse_args(argv=None):
         args.seeds = args.seeds[:1]
         args.round0_epochs, args.rounds, args.round_epochs = 10, 1, 4
         args.sks_epochs, args.pretrain_epochs, args.clcc_images = 3, 3, 1
-        args.batch_size, args.lr = 2, 3e-3
+        args.batch_size, args.lr, args.min_steps = 2, 3e-3, 60
     if args.out is None:
         name = "fewlabels_quick.json" if args.quick else "fewlabels.json"
         if args.monuseg is not None:
@@ -116,57 +134,7 @@ def parse_args(argv=None):
     return args
 
 
-# --------------------------------------------------------------------------- data
-
-
-def synthetic_splits(args, work: Path):
-    size = max(args.size, 64)
-    kw = {"empty_fraction": args.empty_fraction}
-    train = write_dataset(work / "train", "qata", n=args.n_train, size=size, seed=100, **kw)
-    val = write_dataset(work / "val", "qata", n=args.n_val, size=size, seed=200, **kw)
-    test = write_dataset(work / "test", "qata", n=args.n_test, size=size, seed=300, **kw)
-    return scan_split(train), scan_split(val), scan_split(test)
-
-
-def monuseg_splits(args, seed: int):
-    root = args.monuseg
-    records = scan_split(root / "Train_Folder")
-    order = np.random.default_rng(1000 + seed).permutation(len(records))
-    n_val = max(2, len(records) // 5)
-    val = [records[i] for i in order[:n_val]]
-    train = [records[i] for i in order[n_val:]]
-    # every MoNuSeg image has nuclei: image-level label 1
-    train = [dataclasses.replace(r, label=1) for r in train]
-    return train, val, scan_split(root / "Val_Folder")
-
-
 # --------------------------------------------------------------------------- runs
-
-
-def _config(args, epochs: int, seed: int) -> TrainConfig:
-    return TrainConfig(
-        epochs=epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.lr / 10,
-        t0=max(epochs, 1),
-        patience=10**6,
-        seed=seed,
-        device="cpu",
-        val_batch_size=8,
-        save_last=False,
-    )
-
-
-class _KeepBest(Callback):
-    """Best-by-validation weights of a run with ``out=None``."""
-
-    def __init__(self) -> None:
-        self.state = None
-
-    def on_event(self, trainer, event) -> None:
-        if isinstance(event, ValidationEnd) and event.improved:
-            self.state = copy.deepcopy(trainer.model.state_dict())
 
 
 def pretrain_encoder(args, encoder, train_recs, seed: int, log) -> dict:
@@ -211,14 +179,16 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
             if y == 0 and not h
         ]  # fmt: skip
     clcc_cfg = CLCCConfig(grid=args.clcc_grid, images=args.clcc_images) if clcc else None
-    total = args.round0_epochs + args.rounds * args.round_epochs
+    n_labeled = int(semi_set.has_mask.sum())
+    round0 = labeled_epochs(args.round0_epochs, n_labeled, args.batch_size, args.min_steps)
+    total = round0 + args.rounds * args.round_epochs
     if epi:
         with tempfile.TemporaryDirectory(prefix="bench-few-") as tmp:
-            cfg = _config(args, args.round_epochs, seed)
-            cfg.t0 = max(args.round0_epochs, args.round_epochs)
+            cfg = train_config(args, args.round_epochs, seed)
+            cfg.t0 = max(round0, args.round_epochs)
             semi = SemiConfig(
                 rounds=args.rounds,
-                round0_epochs=args.round0_epochs,
+                round0_epochs=round0,
                 round_epochs=args.round_epochs,
                 lv_weight=args.lv_weight,
                 pseudo_dir=tmp,
@@ -230,8 +200,8 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
             ).run()
         val = done.best_dice
     else:
-        keep = _KeepBest()
-        cfg = _config(args, total, seed)
+        keep = KeepBest()
+        cfg = train_config(args, total, seed)
         if clcc:
             trainer = CLCCTrainer(
                 model, semi_set, val_set, encoder, cfg, hooks=[keep], clcc=clcc_cfg
@@ -239,8 +209,7 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
         else:
             trainer = Trainer(model, lab_set, val_set, encoder, cfg, hooks=[keep])
         done = trainer.run()
-        if keep.state is not None:
-            model.load_state_dict(keep.state)
+        keep.restore(model)
         val = done.best_dice
     test = float(evaluate(model, test_set, encoder, device="cpu", batch_size=8)["dice"])
     return {"val": val, "test": test, "seconds": time.perf_counter() - t, **info}
@@ -269,13 +238,6 @@ def run_cell(args, encoder, splits, fraction: float, seed: int, pre_state, log) 
 # --------------------------------------------------------------------------- report
 
 
-def _stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarise(results: dict, methods) -> dict:
     summary: dict = {}
     for frac, per_seed in results.items():
@@ -284,7 +246,7 @@ def summarise(results: dict, methods) -> dict:
             for epi in (False, True):
                 key = f"{method}{'+epi' if epi else ''}"
                 tests = [cell[key]["test"] for cell in per_seed.values() if key in cell]
-                mean, sd = _stats(tests)
+                mean, sd = stats(tests)
                 summary[frac][key] = {"mean": mean, "sd": sd, "n": len(tests)}
     return summary
 
@@ -329,9 +291,11 @@ def main(argv=None) -> int:
     encoder = TextEncoder()
     results: dict = {str(f): {} for f in args.fractions}
     with tempfile.TemporaryDirectory(prefix="bench-few-data-") as work:
-        fixed = None if args.monuseg is not None else synthetic_splits(args, Path(work))
+        fixed = None
+        if args.monuseg is None:
+            fixed = synthetic_splits(args, Path(work), empty_fraction=args.empty_fraction)
         for seed in args.seeds:
-            splits = fixed if fixed is not None else monuseg_splits(args, seed)
+            splits = fixed or monuseg_splits(args.monuseg, seed, image_label=1)
             n_train, n_val, n_test = (len(s) for s in splits)
             log(f"seed {seed}: {n_train} train / {n_val} val / {n_test} test")
             pre_state = None

@@ -30,7 +30,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -39,16 +38,23 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from src_models.data import SegmentationDataset, scan_split  # noqa: E402
-from src_models.data.synthetic import write_dataset  # noqa: E402
-from src_models.engine import TrainConfig, Trainer, evaluate  # noqa: E402
+from _common import (  # noqa: E402
+    KeepBest,
+    labeled_epochs,
+    monuseg_splits,
+    stats,
+    synthetic_splits,
+    train_config,
+)
+
+from src_models.data import SegmentationDataset  # noqa: E402
+from src_models.engine import Trainer, evaluate  # noqa: E402
 from src_models.engine.epi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
 from src_models.models import create_model  # noqa: E402
 from src_models.text import TextEncoder  # noqa: E402
@@ -65,12 +71,18 @@ LABELS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "semi.json")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/)")
     p.add_argument("--model", default="lvit_s")
     p.add_argument("--size", type=int, default=80)
     p.add_argument("--n-train", type=int, default=100)
     p.add_argument("--n-val", type=int, default=24)
     p.add_argument("--n-test", type=int, default=40)
+    p.add_argument(
+        "--contrast",
+        type=float,
+        default=1.0,
+        help="synthetic lesion brightness (below 1: fainter lesions, a harder task)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.1])
     p.add_argument("--plain-fractions", type=float, nargs="*", default=[0.25])
@@ -82,15 +94,15 @@ def parse_args(argv=None):
         help="lengthen round 0 to at least this many optimizer steps (few labels = short "
         "epochs: the EPI teacher would be undertrained)",
     )
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--round-epochs", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--round-epochs", type=int, default=8)
     p.add_argument("--full-epochs", type=int, default=20, help="epochs of the 100%%-label run")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
         "--round-lr",
         type=float,
-        default=3e-4,
+        default=1e-3,
         help="lr after round 0 (EPI rounds and the supervised continuation alike)",
     )
     p.add_argument("--beta", type=float, default=0.99)
@@ -108,53 +120,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# --------------------------------------------------------------------------- data
-
-
-def synthetic_splits(args, work: Path):
-    size = max(args.size, 64)
-    train = write_dataset(work / "train", kind="qata", n=args.n_train, size=size, seed=100)
-    val = write_dataset(work / "val", kind="qata", n=args.n_val, size=size, seed=200)
-    test = write_dataset(work / "test", kind="qata", n=args.n_test, size=size, seed=300)
-    return scan_split(train), scan_split(val), scan_split(test)
-
-
-def monuseg_splits(args, seed: int):
-    root = args.monuseg
-    records = scan_split(root / "Train_Folder")
-    rng = np.random.default_rng(1000 + seed)
-    order = rng.permutation(len(records))
-    n_val = max(2, len(records) // 5)
-    val = [records[i] for i in order[:n_val]]
-    train = [records[i] for i in order[n_val:]]
-    test = scan_split(root / "Val_Folder")
-    return train, val, test
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def _config(args, epochs: int, seed: int) -> TrainConfig:
-    return TrainConfig(
-        epochs=epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.lr / 10,
-        t0=max(epochs, 1),
-        patience=10**6,
-        seed=seed,
-        device="cpu",
-        val_batch_size=8,
-        save_last=False,
-    )
-
-
 def _test_dice(model, test_set, encoder) -> float:
     return float(evaluate(model, test_set, encoder, device="cpu", batch_size=8)["dice"])
 
 
 def _semi(args, model, train_set, val_set, encoder, seed, *, round0, rounds, **semi_kw):
-    cfg = _config(args, args.round_epochs, seed)
+    cfg = train_config(args, args.round_epochs, seed)
     cfg.t0 = max(round0, args.round_epochs)  # round 0: one cosine cycle; rounds: one each
     with tempfile.TemporaryDirectory(prefix="bench-semi-") as tmp:
         semi = SemiConfig(
@@ -192,8 +163,9 @@ def run_cell(args, encoder, splits, fraction: float, seed: int, log) -> dict:
     model = create_model(args.model, img_size=size, text_dim=encoder.dim)
     t0 = time.perf_counter()
     # round 0 (shared): labeled images only, best epoch by validation Dice
-    steps = -(-len(lab_set) // args.batch_size)
-    round0 = max(args.round0_epochs, -(-args.round0_min_steps // steps))
+    round0 = labeled_epochs(
+        args.round0_epochs, len(lab_set), args.batch_size, args.round0_min_steps
+    )
     done0 = _semi(args, model, lab_set, val_set, encoder, seed, round0=round0, rounds=0)
     round0_state = copy.deepcopy(model.state_dict())
     val0 = done0.best_dice
@@ -223,12 +195,11 @@ def run_cell(args, encoder, splits, fraction: float, seed: int, log) -> dict:
     # supervised only: the same number of further epochs on the labeled images
     t = time.perf_counter()
     model.load_state_dict(round0_state)
-    cont = _config(args, extra_epochs, seed + 7)
+    cont = train_config(args, extra_epochs, seed + 7)
     cont.lr, cont.min_lr = args.round_lr, args.round_lr / 10
-    trainer = Trainer(model, lab_set, val_set, encoder, cont)
-    _keep = _BestKeeper(trainer)
-    done = trainer.run()
-    _keep.restore()
+    keep = KeepBest()
+    done = Trainer(model, lab_set, val_set, encoder, cont, hooks=[keep]).run()
+    keep.restore(model)
     finish("supervised", model, done.best_dice, time.perf_counter() - t)
 
     variants = [("epi", {"lv_weight": 0.0}), ("epi_lv", {"lv_weight": args.lv_weight})]
@@ -244,30 +215,6 @@ def run_cell(args, encoder, splits, fraction: float, seed: int, log) -> dict:
     return out
 
 
-class _BestKeeper:
-    """Keep the best-by-validation weights of a plain Trainer run (out=None)."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        from src_models.engine.trainer import Callback
-
-        keeper = self
-
-        class _Hook(Callback):
-            def on_event(self, tr, event):
-                from src_models.engine.events import ValidationEnd
-
-                if isinstance(event, ValidationEnd) and event.improved:
-                    keeper.state = copy.deepcopy(tr.model.state_dict())
-
-        self.state = None
-        self.trainer = trainer
-        trainer.hooks.append(_Hook())
-
-    def restore(self) -> None:
-        if self.state is not None:
-            self.trainer.model.load_state_dict(self.state)
-
-
 def run_full(args, encoder, splits, seed: int, log) -> dict:
     train_recs, val_recs, test_recs = splits
     size = args.size
@@ -278,10 +225,10 @@ def run_full(args, encoder, splits, seed: int, log) -> dict:
     model = create_model(args.model, img_size=size, text_dim=encoder.dim)
     epochs = args.full_epochs
     t = time.perf_counter()
-    trainer = Trainer(model, train_set, val_set, encoder, _config(args, epochs, seed))
-    keep = _BestKeeper(trainer)
-    done = trainer.run()
-    keep.restore()
+    keep = KeepBest()
+    cfg = train_config(args, epochs, seed)
+    done = Trainer(model, train_set, val_set, encoder, cfg, hooks=[keep]).run()
+    keep.restore(model)
     test = _test_dice(model, test_set, encoder)
     seconds = time.perf_counter() - t
     log(f"  full: val {done.best_dice:.4f} test {test:.4f} ({seconds:.0f} s)")
@@ -291,17 +238,8 @@ def run_full(args, encoder, splits, seed: int, log) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def _stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, sd
-
-
 def table(results: dict) -> str:
-    full_mean, full_sd = _stats([r["test"] for r in results["full"].values()])
+    full_mean, full_sd = stats([r["test"] for r in results["full"].values()])
     rows = [
         "| labels | method | test Dice (mean ± sd over seeds) | min-max | "
         "vs supervised, same seed (mean ± sd) | % of 100%-label Dice |",
@@ -313,11 +251,11 @@ def table(results: dict) -> str:
             values = [c[variant]["test"] for c in cells.values() if variant in c]
             if not values:
                 continue
-            mean, sd = _stats(values)
+            mean, sd = stats(values)
             diffs = [
                 c[variant]["test"] - c["supervised"]["test"] for c in cells.values() if variant in c
             ]
-            dmean, dsd = _stats(diffs)
+            dmean, dsd = stats(diffs)
             paired = "-" if variant == "supervised" else f"{dmean:+.4f} ± {dsd:.4f}"
             pct = 100 * mean / full_mean if full_mean else float("nan")
             rows.append(
@@ -339,6 +277,9 @@ def main(argv=None) -> int:
         args.seeds, args.fractions = [0], [0.25]
         args.round0_epochs, args.rounds, args.round_epochs, args.full_epochs = 2, 2, 1, 2
         args.size = 64
+    if args.out is None:
+        name = "semi_monuseg" if args.monuseg else "semi"
+        args.out = ROOT / "benchmarks" / "out" / f"{name}{'_quick' if args.quick else ''}.json"
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -363,7 +304,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-semi-data-") as tmp:
         synthetic = None if args.monuseg else synthetic_splits(args, Path(tmp))
         for seed in args.seeds:
-            splits = synthetic if synthetic is not None else monuseg_splits(args, seed)
+            splits = synthetic if synthetic is not None else monuseg_splits(args.monuseg, seed)
             for fraction in args.fractions:
                 log(f"fraction {fraction:g}, seed {seed}")
                 cell = run_cell(args, encoder, splits, fraction, seed, log)

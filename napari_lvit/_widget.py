@@ -2,7 +2,9 @@
 
 The model runs in a napari thread worker, so the viewer stays responsive; the proposal lands in
 a Labels layer aligned with the image (same scale, translate and affine). A threshold slider
-re-cuts the last probability map without running the model again.
+re-cuts the last probability map without running the model again. Once a model is loaded, a
+description is encoded in the background while it is typed (after a short pause), so pressing
+Segment runs only the image and fusion parts of the model.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 FROM_FILE = "checkpoint file…"
 PROPOSAL_SUFFIX = " [proposal]"
+TYPING_PAUSE_MS = 300  # encode the description after this long without a keystroke
 
 
 def model_choices() -> list[str]:
@@ -70,6 +73,7 @@ class SegmentWidget(Container):
         self._last: tuple[Labels, tuple, Prediction] | None = None
         self._last_threshold = 0.5
         self._worker = None
+        self._typing_timer = None  # a QTimer, made on the first keystroke
         self.run_synchronously = False  # tests flip this to run the model on the calling thread
 
         self.model = ComboBox(label="Model", choices=model_choices())
@@ -96,6 +100,9 @@ class SegmentWidget(Container):
         self.model.changed.connect(self._on_model_changed)
         self.image.changed.connect(self._on_image_changed)
         self.segment_button.changed.connect(self.segment)
+        # magicgui's TextEdit.changed never fires (QTextEdit.textChanged carries no value, which
+        # magicgui drops as null), so listen to the Qt signal itself.
+        self.text.native.textChanged.connect(self._on_text_changed)
         self.threshold.changed.connect(self._recut)
         layers = self._viewer.layers.events
         layers.inserted.connect(self._refresh_images)
@@ -130,6 +137,42 @@ class SegmentWidget(Container):
         text = layer.metadata.get("description") or layer.metadata.get("text")
         if text:
             self.text.value = str(text)
+
+    def _on_text_changed(self) -> None:
+        """Encode the description ahead once typing pauses (only with a model already loaded)."""
+        if not self._predictors:
+            return
+        if self.run_synchronously:
+            self._encode_text_ahead()
+            return
+        if self._typing_timer is None:
+            from qtpy.QtCore import QTimer
+
+            self._typing_timer = QTimer(self.native)  # dies with the widget
+            self._typing_timer.setSingleShot(True)
+            self._typing_timer.setInterval(TYPING_PAUSE_MS)
+            self._typing_timer.timeout.connect(self._encode_text_ahead)
+        self._typing_timer.start()  # restarts on every keystroke
+
+    def _encode_text_ahead(self) -> None:
+        predictor = self._loaded_predictor()
+        text = self.text.value
+        if predictor is None or not text.strip():
+            return
+        if self.run_synchronously:
+            predictor.encode_text_ahead(text)
+            return
+        from napari.qt.threading import create_worker
+
+        # The encoder's cache has a lock: a Segment pressed meanwhile waits for it, then reuses it.
+        create_worker(predictor.encode_text_ahead, text, _start_thread=True)
+
+    def _loaded_predictor(self) -> Predictor | None:
+        try:
+            key = (self.model_source, str(self.device.value))
+        except ValueError:
+            return None
+        return self._predictors.get(key)
 
     def _set_busy(self, message: str | None) -> None:
         self.segment_button.enabled = message is None

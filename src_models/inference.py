@@ -223,6 +223,21 @@ class Predictor:
         feats = self.text_encoder.encode([validate_text(text)] * batch).to(self.device)
         return feats.tokens, feats.mask
 
+    def encode_text_ahead(self, text: str) -> bool:
+        """Encode ``text`` into the text cache now, e.g. while the user is still typing.
+
+        A prompt with that text then skips the text encoder (about 9 ms for a sentence with the
+        default encoder on one CPU core, a large share of a re-prompt). Returns False, without
+        raising, when the model reads no text or the text is not usable yet.
+        """
+        if not self.uses_text:
+            return False
+        try:
+            self.text_encoder.encode([validate_text(text)])
+        except (TypeError, ValueError):
+            return False
+        return True
+
     @torch.inference_mode()
     def _run(
         self, batch: np.ndarray, text: str | None, fingerprint: str | None = None

@@ -175,3 +175,16 @@ def test_tiled_prediction_reuses_the_tiles_features(reclmis, text_encoder):
     second = tiled.predict_prob(image, "dense nuclei")
     assert tiled.feature_cache.info()["hits"] >= 1
     np.testing.assert_allclose(second, plain.predict_prob(image, "dense nuclei"), atol=1e-5)
+
+
+def test_text_encoded_ahead_is_what_the_prompt_uses(predictor):
+    encoder = predictor.text_encoder
+    text = "Lesions in the middle upper right lung, typed ahead."
+    assert not encoder.is_cached(text)
+    assert predictor.encode_text_ahead(text) and encoder.is_cached(text)
+    size = encoder.cache_info["size"]
+    predictor.predict(np.zeros((40, 40), np.float32), text)
+    assert encoder.cache_info["size"] == size  # the prompt found it: nothing new was encoded
+    assert not predictor.encode_text_ahead("   ")  # not usable yet: False, no error
+    no_text = Predictor(create_model("unet_tiny"), device="cpu")
+    assert not no_text.encode_text_ahead(text)

@@ -177,6 +177,15 @@ class TextEncoder:
         pooled = (feats.tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
+    def is_cached(self, text: str) -> bool:
+        """Whether the features of ``text`` (as :func:`validate_text` cleans it) are cached."""
+        try:
+            key = validate_text(text)
+        except (TypeError, ValueError):
+            return False
+        with self._lock:
+            return key in self._cache
+
     @property
     def cache_info(self) -> dict[str, int]:
         return {"size": len(self._cache), "capacity": self._cache_size}

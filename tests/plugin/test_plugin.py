@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from napari_lvit._widget import PROPOSAL_SUFFIX, SegmentWidget, image_plane
 
@@ -133,3 +134,30 @@ def test_sample_data_opens_with_its_report(make_napari_viewer):
     widget = _dock(viewer)
     widget.image.value = image
     assert widget.text.value == image.metadata["description"]
+
+
+@pytest.mark.filterwarnings("ignore:model 'lvit_tiny' is untrained")
+def test_a_typed_description_is_encoded_before_segment_is_pressed(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    widget = _dock(viewer)
+    widget.model.value = "lvit_tiny"
+    widget.device.value = "cpu"
+    widget.image.value = layer
+    widget.text.value = "Lesion in the upper left lung."
+    qtbot.wait(400)
+    assert widget._predictors == {}  # typing alone loads no model
+
+    widget.segment_button.native.click()
+    qtbot.waitUntil(
+        lambda: not widget.busy and f"img{PROPOSAL_SUFFIX}" in viewer.layers, timeout=60_000
+    )
+    (predictor,) = widget._predictors.values()
+    new_text = "Lesion in the lower right lung."
+    assert not predictor.text_encoder.is_cached(new_text)
+    widget.text.value = new_text  # the user types a new sentence and pauses
+    qtbot.waitUntil(lambda: predictor.text_encoder.is_cached(new_text), timeout=10_000)
+    cached = predictor.text_encoder.encode([new_text])
+
+    fresh = type(predictor)("lvit_tiny", device="cpu", text_encoder=predictor.text_encoder.id)
+    assert torch.allclose(cached.tokens, fresh.text_encoder.encode([new_text]).tokens, atol=1e-5)

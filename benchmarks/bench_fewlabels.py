@@ -23,6 +23,9 @@ Results: ``benchmarks/out/fewlabels.json`` and ``fewlabels.md`` (``fewlabels_qui
     python benchmarks/bench_fewlabels.py                  # hours on 2 shared CPU cores
     python benchmarks/bench_fewlabels.py --quick          # a ~5-minute smoke run (1 seed)
     python benchmarks/bench_fewlabels.py --monuseg /work/shared/datasets/MoNuSeg
+    # one process per seed, then one table:
+    python benchmarks/bench_fewlabels.py --seeds 0 --out benchmarks/out/fewlabels_s0.json  # etc.
+    python benchmarks/bench_fewlabels.py --merge benchmarks/out/fewlabels_s*.json
 
 MoNuSeg (licence CC BY-NC-SA) is only read, never copied: its Train_Folder is split into
 train/val by seed, its Val_Folder is the test split. Every MoNuSeg image has nuclei, so there
@@ -118,6 +121,13 @@ def parse_args(argv=None):
         "--threads", type=int, default=1, help="1 is fastest when other jobs share the cores"
     )
     p.add_argument("--quick", action="store_true", help="tiny smoke configuration, 1 seed")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only combine the results of earlier runs (JSON files, e.g. one per seed)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.model = "lvit_tiny" if args.model == "lvit_s" else args.model
@@ -279,6 +289,34 @@ def table(summary: dict, methods, quick: bool) -> str:
     return "\n".join(lines)
 
 
+def write_report(args, results: dict, seconds: float) -> str:
+    """Write the JSON and markdown reports of ``results`` (also the partial ones); the table."""
+    summary = summarise(results, args.methods)
+    md = table(summary, args.methods, args.quick)
+    report = {
+        "benchmark": "fewlabels",
+        "quick": bool(args.quick),
+        "data": "MoNuSeg" if args.monuseg is not None else "synthetic qata",
+        "args": json.loads(json.dumps(vars(args), default=str)),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "seconds": seconds,
+        "summary": summary,
+        "results": results,
+    }
+    args.out.write_text(json.dumps(report, indent=1))
+    args.out.with_suffix(".md").write_text(md + "\n")
+    return md
+
+
+def merge(args) -> dict:
+    """Per-seed results of earlier runs (``--merge``), e.g. one process per seed."""
+    results: dict = {str(f): {} for f in args.fractions}
+    for path in args.merge:
+        for frac, per_seed in json.loads(Path(path).read_text())["results"].items():
+            results.setdefault(frac, {}).update(per_seed)
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -288,6 +326,11 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_all:7.0f} s] {msg}", flush=True)
 
+    if args.merge:
+        md = write_report(args, merge(args), 0.0)
+        print(md)
+        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        return 0
     encoder = TextEncoder()
     results: dict = {str(f): {} for f in args.fractions}
     with tempfile.TemporaryDirectory(prefix="bench-few-data-") as work:
@@ -306,20 +349,8 @@ def main(argv=None) -> int:
                 results[str(frac)][str(seed)] = run_cell(
                     args, encoder, splits, frac, seed, pre_state, log
                 )
-    summary = summarise(results, args.methods)
-    md = table(summary, args.methods, args.quick)
-    report = {
-        "benchmark": "fewlabels",
-        "quick": bool(args.quick),
-        "data": "MoNuSeg" if args.monuseg is not None else "synthetic qata",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__},
-        "seconds": time.perf_counter() - t_all,
-        "summary": summary,
-        "results": results,
-    }
-    args.out.write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(md + "\n")
+                write_report(args, results, time.perf_counter() - t_all)  # partial results
+    md = write_report(args, results, time.perf_counter() - t_all)
     print(md)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0

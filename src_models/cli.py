@@ -170,6 +170,13 @@ def _add_retrain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--semi", choices=["auto", "epi", "off"], default="auto")
     p.add_argument("--from-scratch", action="store_true", help="ignore the current checkpoint")
+    p.add_argument(
+        "--clcc",
+        action="store_true",
+        help="add the CLCC terms (cross-level contrast, then patch consistency), with or "
+        "without EPI",
+    )
+    p.add_argument("--clcc-grid", type=int, default=2, help="CLCC grid side n (n x n patches)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--jsonl",
@@ -565,6 +572,8 @@ def cmd_retrain(args) -> int:
         semi=args.semi,
         from_scratch=args.from_scratch,
         num_threads=args.threads,
+        clcc=args.clcc,
+        clcc_grid=args.clcc_grid,
     )
     received: list[int] = []
 

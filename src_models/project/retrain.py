@@ -86,7 +86,9 @@ class RetrainConfig:
     ``"epi"`` (required) or ``"off"``. A validation split of ``val_fraction`` of the labelled
     samples is held out when there are at least ``min_val`` of them; with fewer, validation
     runs on the (unaugmented) training samples. ``semi_options`` are further
-    :class:`~src_models.engine.epi.SemiConfig` fields.
+    :class:`~src_models.engine.epi.SemiConfig` fields. ``clcc`` adds the CLCC terms
+    (:mod:`src_models.engine.clcc`, a ``clcc_grid`` x ``clcc_grid`` grid of patches) to the
+    round, with or without EPI; its schedule (contrast, then consistency) spans each round.
     """
 
     rounds: int = 1
@@ -105,6 +107,8 @@ class RetrainConfig:
     from_scratch: bool = False
     augment: bool = True
     num_threads: int | None = None
+    clcc: bool = False
+    clcc_grid: int = 2
     semi_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,6 +121,8 @@ class RetrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.img_size is not None and (self.img_size < 16 or self.img_size % 16):
             raise ValueError(f"img_size must be a multiple of 16, got {self.img_size}")
+        if int(self.clcc_grid) < 2:
+            raise ValueError(f"clcc_grid must be >= 2, got {self.clcc_grid}")
 
 
 # ------------------------------------------------------------------------------- events
@@ -135,7 +141,7 @@ class RetrainRoundStart:
     n_val: int
     val_on: str  # "held_out" or "train"
     base: str  # the checkpoint or model it starts from
-    engine: str  # "epi" or "supervised"
+    engine: str  # "epi" or "supervised", with "+clcc" when the CLCC terms are on
     epochs: int
     skipped: tuple[str, ...] = ()  # samples left out (no text), by name
 
@@ -649,9 +655,11 @@ class RetrainRun:
         train_items, val_items, val_on = split_validation(labeled, cfg.val_fraction, cfg.min_val)
         size = int(model.img_size)
         in_chans = int(getattr(model, "in_chans", 3) or 3)
-        # with EPI, the unlabelled samples join the training set (has_mask False)
+        # with EPI or CLCC, the unlabelled samples join the training set (has_mask False)
+        if not (use_semi or cfg.clcc):
+            unlabeled = []
         train_set = ProjectDataset(
-            train_items + (unlabeled if use_semi else []),
+            train_items + unlabeled,
             size,
             augment=cfg.augment,
             seed=cfg.seed + round_id,
@@ -659,7 +667,7 @@ class RetrainRun:
         )
         val_set = ProjectDataset(val_items, size, in_chans=in_chans)
         n_no_lesion = sum(1 for it in labeled if it.kind == "no_lesion")
-        engine = "epi" if use_semi else "supervised"
+        engine = ("epi" if use_semi else "supervised") + ("+clcc" if cfg.clcc else "")
         metrics.update(
             state="training",
             engine=engine,
@@ -667,7 +675,7 @@ class RetrainRun:
             val_on=val_on,
             n_train=len(train_items),
             n_val=len(val_items),
-            n_unlabeled=len(unlabeled) if use_semi else 0,
+            n_unlabeled=len(unlabeled),
             model=meta.get("model_name"),
             img_size=size,
         )
@@ -677,7 +685,7 @@ class RetrainRun:
             index=index,
             rounds=cfg.rounds,
             n_labeled=len(labeled),
-            n_unlabeled=len(unlabeled) if use_semi else 0,
+            n_unlabeled=len(unlabeled),
             n_no_lesion=n_no_lesion,
             n_val=len(val_items),
             val_on=val_on,
@@ -713,6 +721,11 @@ class RetrainRun:
                 )  # fmt: skip
                 for _ in train_classifier(model, train_set, stage1, labels=labels):
                     pass
+        clcc = None
+        if cfg.clcc:
+            from src_models.engine.clcc import CLCCConfig, CLCCTrainer
+
+            clcc = CLCCConfig(grid=int(cfg.clcc_grid))
         if use_semi:
             # One EPI update + `epochs` epochs on labelled + pseudo-labelled samples per project
             # round; a new (untrained) model first gets a supervised round 0. The pseudo-label
@@ -722,6 +735,7 @@ class RetrainRun:
                 "round0_epochs": cfg.epochs if base_is_new else 0,
                 "round_epochs": cfg.epochs,
                 "pseudo_dir": str(project.folder / "pseudo" / "epi"),
+                "clcc": clcc,
                 **cfg.semi_options,
             }
             trainer = semi.SemiTrainer(
@@ -731,6 +745,10 @@ class RetrainRun:
                 encoder,
                 train_config,
                 semi.SemiConfig(**options),
+            )
+        elif clcc is not None:
+            trainer = CLCCTrainer(
+                model, train_set, val_set, text_encoder=encoder, config=train_config, clcc=clcc
             )
         else:
             trainer = Trainer(model, train_set, val_set, text_encoder=encoder, config=train_config)

@@ -89,6 +89,21 @@ def test_round_trains_records_and_makes_the_checkpoint_current(tmp_path):
     assert second[0].base == f"checkpoints/{ckpt.name}" and second[0].engine == "supervised"
 
 
+@pytest.mark.parametrize(("semi", "engine"), [("auto", "epi+clcc"), ("off", "supervised+clcc")])
+def test_clcc_round_trains_on_the_unlabelled_images_too(tmp_path, semi, engine):
+    from src_models.engine.events import BatchEnd
+
+    folder = make_project(tmp_path)
+    events = list(retrain(folder, epochs=1, semi=semi, clcc=True, **TINY))
+    start = events[0]
+    assert start.engine == engine and start.n_unlabeled == 2  # 5 images: 2 + 1 committed
+    contrast = [e.losses["clcc_contrast"] for e in events if isinstance(e, BatchEnd)]
+    assert contrast and max(contrast) > 0  # the contrast phase ran
+    assert events[-1].status == "done"
+    with pytest.raises(ValueError, match="clcc_grid"):
+        retrain(folder, clcc=True, clcc_grid=1, **TINY)
+
+
 def test_cancel_and_failure_never_touch_the_current_checkpoint(tmp_path):
     folder = make_project(tmp_path)
     run = retrain(folder, epochs=50, semi="off", **TINY)

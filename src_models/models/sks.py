@@ -3,15 +3,17 @@
 A small classification network (lesion / no lesion) is trained first on image-level labels
 (stage 1, :func:`src_models.engine.sks.train_classifier`); its pyramid features then enter the
 segmentation network's encoder levels (stage 2, ordinary segmentation training). At each of the
-five encoder levels the fusion is the feature-share skip of the paper, concatenation and a 1x1
-conv, written as a residual: ``f_i + conv_i([f_i, g_i])``, with ``conv_i`` initialised to zero.
-So at initialisation the model computes exactly what its base model computes, and a pretrained
-base checkpoint loses nothing by being wrapped.
+five encoder levels the fusion is the feature-share skip of the paper (concatenation and a 1x1
+conv) plus a resolution-compensation skip: the classifier's next, coarser level, upsampled x2,
+which brings its deeper (more image-level) evidence to the finer level. Written as a residual,
+``f_i + conv_i([f_i, g_i, up(g_(i+1))])`` (the deepest level has no coarser one), with
+``conv_i`` initialised to zero. So at initialisation the model computes exactly what its base
+model computes, and a pretrained base checkpoint loses nothing by being wrapped.
 
 The base is any registry model whose image encoder is a
 :class:`~src_models.models.blocks.UNetEncoder` at ``base.encoder`` (LViT, U-Net): the fusion is
 a forward hook on that encoder, so the base model's code and state-dict keys (under ``seg.``)
-stay as they are. The paper's resolution-compensation skips are not built.
+stay as they are.
 
 By default the classifier is frozen in stage 2 (no gradients, BatchNorm in eval mode): it stays
 the model of the image-level labels; :meth:`SKS.classifier_training` unfreezes it for stage 1.
@@ -24,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src_models.models.blocks import UNetEncoder, cat_channels_last
@@ -105,8 +108,10 @@ class SKS(nn.Module):
         self.classifier = SKSClassifier(self.in_chans, int(config.cls_width))
         w = encoder.inc[0].out_channels
         seg_widths = [w, 2 * w, 4 * w, 8 * w, 8 * w]
+        cls = self.classifier.widths
+        coarser = [*cls[1:], 0]  # the resolution-compensation input of each level
         self.fuse = nn.ModuleList(
-            nn.Conv2d(a + b, a, 1) for a, b in zip(seg_widths, self.classifier.widths, strict=True)
+            nn.Conv2d(a + b + c, a, 1) for a, b, c in zip(seg_widths, cls, coarser, strict=True)
         )
         for conv in self.fuse:  # zero: the model starts as its base model, exactly
             nn.init.zeros_(conv.weight)
@@ -118,11 +123,14 @@ class SKS(nn.Module):
     # ----------------------------------------------------------------- fusion
     def _fuse_hook(self, _module: nn.Module, args: tuple, feats: list[Tensor]) -> list[Tensor]:
         image = args[0]
-        side = self.classifier.features(image)
-        return [
-            f + conv(cat_channels_last([f, g.to(f.dtype)]))
-            for f, g, conv in zip(feats, side, self.fuse, strict=True)
-        ]
+        side = [g.to(feats[0].dtype) for g in self.classifier.features(image)]
+        out = []
+        for i, (f, conv) in enumerate(zip(feats, self.fuse, strict=True)):
+            maps = [f, side[i]]
+            if i + 1 < len(side):
+                maps.append(F.interpolate(side[i + 1], size=f.shape[-2:], mode="nearest"))
+            out.append(f + conv(cat_channels_last(maps)))
+        return out
 
     def forward(
         self, image: Tensor, text: Tensor | None = None, text_mask: Tensor | None = None

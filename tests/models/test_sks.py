@@ -46,6 +46,21 @@ def test_zero_fusion_equals_base_model(name, base):
         assert not torch.equal(sks(x, text=text), ref(x, text=text))
 
 
+def test_resolution_compensation_skip_brings_the_coarser_level():
+    torch.manual_seed(0)
+    sks = create_model("sks_unet_tiny").eval()
+    seg_w = [m.out_channels for m in sks.fuse]
+    cls_w = sks.classifier.widths
+    for i, conv in enumerate(sks.fuse):  # [f_i, g_i, up(g_(i+1))]; the deepest has no coarser
+        assert conv.in_channels == seg_w[i] + cls_w[i] + (cls_w[i + 1] if i < 4 else 0)
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        before = sks(x)
+        # weights on the compensation channels of level 0 only: the coarser map now counts
+        sks.fuse[0].weight[:, seg_w[0] + cls_w[0] :].normal_()
+        assert not torch.equal(sks(x), before)
+
+
 def test_sks_registry_checkpoint_and_copy(tmp_path):
     assert {"sks_lvit_s", "sks_lvit_tiny"} <= set(list_models("sks_*"))
     torch.manual_seed(0)

@@ -382,7 +382,12 @@ class AnnotationWidget(QWidget):
         self.auto_spin.setPrefix("auto every ")
         self.auto_spin.setSuffix(" commits")
         self.auto_spin.setSpecialValueText("auto: off")
-        for s in (self.rounds_spin, self.epochs_spin, self.auto_spin):
+        self.clcc_check = QCheckBox("CLCC")
+        self.clcc_check.setToolTip(
+            "Also train with cross-level contrast and patch consistency (CLCC) on every image, "
+            "unlabelled ones included; slower rounds"
+        )
+        for s in (self.rounds_spin, self.epochs_spin, self.auto_spin, self.clcc_check):
             spins.addWidget(s)
         lay.addLayout(spins)
         buttons = QHBoxLayout()
@@ -1099,6 +1104,11 @@ class AnnotationWidget(QWidget):
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
 
+    def _retrain_options(self) -> dict[str, Any]:
+        """RetrainConfig fields beyond rounds/epochs/device/model: the panel's, then overrides."""
+        options: dict[str, Any] = {"clcc": True} if self.clcc_check.isChecked() else {}
+        return {**options, **self.retrain_options, "num_threads": self.training_threads()}
+
     def _retrain_cli_args(self) -> list[str]:
         args = [
             "retrain",
@@ -1113,8 +1123,7 @@ class AnnotationWidget(QWidget):
             "--model",
             self._base_model_arg(),
         ]
-        options = {**self.retrain_options, "num_threads": self.training_threads()}
-        for key, value in options.items():
+        for key, value in self._retrain_options().items():
             flag = "--" + key.replace("_", "-")
             if key == "num_threads":
                 flag = "--threads"
@@ -1177,7 +1186,7 @@ class AnnotationWidget(QWidget):
 
         from src_models.project.retrain import RetrainConfig, event_to_dict, retrain
 
-        options = {**self.retrain_options, "num_threads": self.training_threads()}
+        options = self._retrain_options()
         options.setdefault("model", self._base_model_arg())
         config = RetrainConfig(
             rounds=int(self.rounds_spin.value()),

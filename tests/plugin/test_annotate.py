@@ -239,3 +239,15 @@ def test_annotate_command_opens_a_lvit_folder(tmp_path):
     finally:
         widget.close_project()
         viewer.close()
+
+
+def test_clcc_box_reaches_the_retrain_command(make_napari_viewer, tmp_path):
+    from src_models.cli import build_parser
+
+    images = write_dataset(tmp_path / "data", kind="qata", n=2, size=64) / "img"
+    widget = _dock(make_napari_viewer())
+    assert widget.open(images)
+    assert "--clcc" not in widget._retrain_cli_args()
+    widget.clcc_check.setChecked(True)
+    args = build_parser().parse_args(widget._retrain_cli_args())
+    assert args.clcc and args.project == widget.project.folder

@@ -174,23 +174,3 @@ def check_image(image: Tensor, in_chans: int, img_size: int) -> None:
             f"(img_size={img_size}), got {list(image.shape)}; resize the image to "
             f"{img_size}x{img_size} or build the model with img_size={image.shape[-1]}"
         )
-
-
-def sincos_position_embedding(grid: int, dim: int) -> Tensor:
-    """Fixed 2D sine-cosine position codes ``[1, grid * grid, dim]`` (row-major cells).
-
-    A quarter of the channels each hold sin / cos of the row and of the column at geometric
-    frequencies; ``dim`` must be a multiple of 4. Used to initialise learned position
-    embeddings so that every token knows where it is from the first step: left and right
-    lungs look alike, so only the position tells them apart.
-    """
-    if dim % 4:
-        raise ValueError(f"dim must be a multiple of 4, got {dim}")
-    quarter = dim // 4
-    freq = 1.0 / (10000.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
-    coords = torch.arange(grid, dtype=torch.float32)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-    angles_r = rows.reshape(-1, 1) * freq
-    angles_c = cols.reshape(-1, 1) * freq
-    codes = torch.cat([angles_r.sin(), angles_r.cos(), angles_c.sin(), angles_c.cos()], dim=1)
-    return codes.unsqueeze(0)

@@ -43,12 +43,7 @@ from torch import Tensor, nn
 
 from src_models.losses.conditioned_contrastive import conditioned_contrastive_loss
 from src_models.losses.masked_reconstruction import masked_mse
-from src_models.models.blocks import (
-    UNetDecoder,
-    UNetEncoder,
-    check_image,
-    sincos_position_embedding,
-)
+from src_models.models.blocks import UNetDecoder, UNetEncoder, check_image
 from src_models.models.registry import build_config, register_model
 
 __all__ = ["ImageFeatures", "RecLMIS", "RecLMISConfig", "reclmis", "reclmis_s", "reclmis_tiny"]
@@ -87,10 +82,6 @@ class RecLMISConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.embed_dim < 1 or self.embed_dim % self.heads:
             raise ValueError(f"heads={self.heads} must divide embed_dim={self.embed_dim}")
-        if self.embed_dim % 4:
-            raise ValueError(
-                f"embed_dim must be a multiple of 4 (position codes), got {self.embed_dim}"
-            )
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:
@@ -296,9 +287,8 @@ class RecLMIS(nn.Module):
         self.decoder = UNetDecoder(w, attention=True, up_mode="nearest")
         # Bottleneck interaction.
         self.to_tokens = nn.Conv2d(8 * w, d, 1)
-        # learned, but starts as sine-cosine codes: a tiny random start left the side word
-        # ("left" / "right") unlearned, as mirror-image lungs give the CNN tokens alike
-        self.pos_embed = nn.Parameter(sincos_position_embedding(cfg.grid, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.n_patches, d))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.text_proj = nn.Linear(cfg.text_dim, d)
         self.text_to_image = CrossBlock(d, cfg.heads, cfg.mlp_ratio, cfg.dropout)
         self.image_to_text = CrossBlock(d, cfg.heads, cfg.mlp_ratio, cfg.dropout)

@@ -323,17 +323,3 @@ def test_checkpoint_round_trip_rebuilds_the_model(tmp_path, model):
     image, text = _inputs(model, batch=1, seed=9)
     with torch.no_grad():
         torch.testing.assert_close(loaded(image, text), model(image, text))
-
-
-def test_image_tokens_start_with_distinct_position_codes():
-    from src_models.models.blocks import sincos_position_embedding
-
-    codes = sincos_position_embedding(4, 16)[0]
-    assert codes.shape == (16, 16)
-    # every cell differs from every other, mirrored cells (left/right) included
-    dist = torch.cdist(codes, codes)
-    assert (dist + torch.eye(16) * 1e3).min() > 0.1
-    model = create_model("reclmis_tiny")
-    assert torch.equal(model.pos_embed.data, sincos_position_embedding(model.config.grid, 64))
-    with pytest.raises(ValueError, match="multiple of 4"):
-        create_model("reclmis_tiny", embed_dim=66, heads=2)

@@ -13,9 +13,11 @@ quarter of them without any lesion, so that image-level labels carry information
   InfoNCE) on all training images (no masks), done once per seed;
 - ``all``: all three together.
 
-"without EPI" trains ``round0 + rounds * round_epochs`` epochs (the same number of epochs as the
-EPI runs); "with EPI" trains ``round0`` epochs on the labeled images, then ``rounds`` EPI rounds
-(LV weight ``--lv-weight``) on labeled + pseudo-labeled images. Every run keeps its best epoch by
+"without EPI" trains on the labeled images for ``round0 + rounds * round_epochs`` epochs (the
+same number of epochs as the EPI runs), except CLCC, which trains on all images (it needs the
+unlabeled ones) for as many optimizer steps as an EPI run takes; "with EPI" trains ``round0``
+epochs on the labeled images, then ``rounds`` EPI rounds (LV weight ``--lv-weight``) on labeled
++ pseudo-labeled images. Every run keeps its best epoch by
 validation Dice and is scored on a held-out test split (mean per-image Dice at 0.5, model size).
 Results: ``benchmarks/out/fewlabels.json`` and ``fewlabels.md`` (``fewlabels_quick.*`` with
 ``--quick``).
@@ -211,7 +213,10 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
         val = done.best_dice
     else:
         keep = KeepBest()
-        cfg = train_config(args, total, seed)
+        epochs = total
+        if clcc:  # on all images: the optimizer steps of an EPI run, not its epochs
+            epochs = args.rounds * args.round_epochs + -(-round0 * n_labeled // len(semi_set))
+        cfg = train_config(args, epochs, seed)
         if clcc:
             trainer = CLCCTrainer(
                 model, semi_set, val_set, encoder, cfg, hooks=[keep], clcc=clcc_cfg

@@ -15,7 +15,8 @@ quarter of them without any lesion, so that image-level labels carry information
 
 "without EPI" trains on the labeled images for ``round0 + rounds * round_epochs`` epochs (the
 same number of epochs as the EPI runs), except CLCC, which trains on all images (it needs the
-unlabeled ones) for as many optimizer steps as an EPI run takes; "with EPI" trains ``round0``
+unlabeled ones; the labeled ones repeated to half of each epoch) for as many optimizer steps as
+an EPI run takes; "with EPI" trains ``round0``
 epochs on the labeled images, then ``rounds`` EPI rounds (LV weight ``--lv-weight``) on labeled
 + pseudo-labeled images. Every run keeps its best epoch by
 validation Dice and is scored on a held-out test split (mean per-image Dice at 0.5, model size).
@@ -67,7 +68,7 @@ from _common import (  # noqa: E402
 
 from src_models.data import SegmentationDataset  # noqa: E402
 from src_models.engine import Trainer, evaluate  # noqa: E402
-from src_models.engine.clcc import CLCCConfig, CLCCTrainer  # noqa: E402
+from src_models.engine.clcc import CLCCConfig, CLCCTrainer, balanced_index  # noqa: E402
 from src_models.engine.epi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
 from src_models.engine.pretrain import PretrainConfig, Pretrainer, image_encoder  # noqa: E402
 from src_models.engine.sks import ClassifierConfig, image_labels, train_classifier  # noqa: E402
@@ -214,8 +215,11 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
     else:
         keep = KeepBest()
         epochs = total
-        if clcc:  # on all images: the optimizer steps of an EPI run, not its epochs
-            epochs = args.rounds * args.round_epochs + -(-round0 * n_labeled // len(semi_set))
+        if clcc:  # on all images (labeled ones repeated): the optimizer steps of an EPI run
+            steps = -(-n_labeled // args.batch_size) * round0
+            steps += -(-len(semi_set) // args.batch_size) * args.rounds * args.round_epochs
+            per_epoch = -(-len(balanced_index(semi_set.has_mask)) // args.batch_size)
+            epochs = -(-steps // per_epoch)
         cfg = train_config(args, epochs, seed)
         if clcc:
             trainer = CLCCTrainer(

@@ -28,12 +28,14 @@ fix them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from src_models.device import autocast
 from src_models.engine.epi import EPIRoundTrainer
@@ -42,7 +44,14 @@ from src_models.engine.trainer import Trainer
 from src_models.losses.clcc import cross_level_contrast, patch_consistency, patchify
 from src_models.models.features import logits_and_features
 
-__all__ = ["CLCCConfig", "CLCCMixin", "CLCCRoundTrainer", "CLCCTrainer", "PartialLabelTrainer"]
+__all__ = [
+    "CLCCConfig",
+    "CLCCMixin",
+    "CLCCRoundTrainer",
+    "CLCCTrainer",
+    "PartialLabelTrainer",
+    "balanced_index",
+]
 
 
 @dataclass
@@ -171,10 +180,33 @@ class CLCCMixin:
         return out
 
 
+def balanced_index(has_mask: Sequence[bool]) -> list[int]:
+    """One epoch of a partly labeled set: every item once, the labeled ones repeated so that
+    they make up about half of it (``k = floor(unlabeled / labeled)`` copies, at least 1).
+
+    Without it, 10 labeled among 100 images would get a tenth of the supervised steps that
+    training on them alone gets, and the unsupervised terms could not make up for that.
+    """
+    has = np.asarray(has_mask, dtype=bool)
+    labeled = np.flatnonzero(has).tolist()
+    unlabeled = np.flatnonzero(~has).tolist()
+    if not labeled:
+        return unlabeled
+    repeat = max(1, len(unlabeled) // len(labeled))
+    return labeled * repeat + unlabeled
+
+
 class PartialLabelTrainer(Trainer):
     """A :class:`Trainer` whose training items may lack a mask (``has_mask`` False): the
     supervised loss uses the labeled rows only (unlabeled rows serve unsupervised terms added
-    by a subclass, e.g. CLCC). Validation still needs masks."""
+    by a subclass, e.g. CLCC). An epoch repeats the labeled items (:func:`balanced_index`).
+    Validation still needs masks."""
+
+    def train_index(self) -> Sequence[int] | Dataset:
+        has = getattr(self.train_set, "has_mask", None)
+        if has is None or bool(np.all(has)):
+            return self.train_set
+        return balanced_index(has)
 
     def check_datasets(self) -> None:
         for data in (self.train_set, self.val_set):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src_models.device import autocast
 from src_models.engine.checkpoint import (
@@ -318,7 +318,10 @@ class Trainer:
         from src_models.data import collate
 
         cfg = self.config
-        sampler = self.dist.train_sampler(len(self.train_set), seed=cfg.seed)
+        index = self.train_index()
+        sampler = self.dist.train_sampler(len(index), seed=cfg.seed)
+        if index is not self.train_set:
+            sampler = _IndexedSampler(sampler, index)
         self._train_generator = torch.Generator()  # worker seeds; reseeded every epoch
         loader = DataLoader(
             self.train_set,
@@ -336,6 +339,14 @@ class Trainer:
                 + (", drop_last" if cfg.drop_last else "")
             )
         return loader, sampler
+
+    def train_index(self) -> Sequence[int] | Dataset:
+        """The items of one training epoch, as indices into the training set (repeats allowed).
+
+        The default, the training set itself, is every item once. A subclass may oversample,
+        e.g. the labeled items of a partly labeled set.
+        """
+        return self.train_set
 
     def build_val_loader(self) -> DataLoader | None:
         from src_models.data import collate
@@ -701,3 +712,20 @@ def _seed_everything(seed: int) -> None:
 
 
 __all__ = ["Callback", "TrainConfig", "Trainer"]
+
+
+class _IndexedSampler(Sampler):
+    """Draws positions from a (seed, epoch)-shuffled sampler and maps them through ``index``."""
+
+    def __init__(self, inner: Any, index: Sequence[int]) -> None:
+        self.inner = inner
+        self.index = [int(i) for i in index]
+
+    def __iter__(self):
+        return (self.index[i] for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)

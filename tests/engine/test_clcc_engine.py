@@ -122,3 +122,22 @@ def test_clcc_config_validates():
     with pytest.raises(ValueError):
         CLCCConfig(switch=2.0)
     assert CLCCConfig.coerce(None) is None
+
+
+def test_partly_labeled_epochs_repeat_the_labeled_images(data, fake_encoder):
+    from src_models.engine.clcc import balanced_index
+
+    assert balanced_index([True, False, False, False, False]) == [0, 0, 0, 0, 1, 2, 3, 4]
+    assert balanced_index([True, True, False]) == [0, 1, 2]
+    assert balanced_index([False, False]) == [0, 1]
+    train_set, val_set = data  # 2 labeled of 6
+    cfg = TrainConfig(epochs=1, batch_size=1, device="cpu", out=None, seed=3)
+    trainer = CLCCTrainer(create_model("lvit_tiny"), train_set, val_set, fake_encoder, cfg)
+    loader, sampler = trainer.build_train_loader()
+    sampler.set_epoch(0)
+    drawn = list(sampler)
+    assert len(loader) == 8 and sorted(drawn) == sorted(balanced_index(train_set.has_mask))
+    labeled = sum(bool(train_set.has_mask[i]) for i in drawn)
+    assert labeled == 4  # half of the epoch, not a third
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn  # reshuffled per epoch, from the seed

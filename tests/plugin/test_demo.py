@@ -3,7 +3,9 @@
 from napari_lvit._widget import PROPOSAL_SUFFIX
 
 
-def test_demo_segments_the_sample_and_left_right_moves_the_mask(tmp_path):
+def test_demo_segments_the_sample_and_left_right_moves_the_mask(tmp_path, mock_app_model):
+    # The demo makes its own viewer, outside make_napari_viewer: mock_app_model gives it a fresh
+    # app model, else the plugin's commands may already be registered by an earlier test.
     import napari
     from skimage.io import imread
 

@@ -705,15 +705,6 @@ class Trainer:
         )
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-__all__ = ["Callback", "TrainConfig", "Trainer"]
-
-
 class _IndexedSampler(Sampler):
     """Draws positions from a (seed, epoch)-shuffled sampler and maps them through ``index``."""
 
@@ -729,3 +720,12 @@ class _IndexedSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.inner.set_epoch(epoch)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+__all__ = ["Callback", "TrainConfig", "Trainer"]

@@ -19,7 +19,8 @@ unlabeled ones; the labeled ones repeated to half of each epoch) for as many opt
 an EPI run takes; "with EPI" trains ``round0``
 epochs on the labeled images, then ``rounds`` EPI rounds (LV weight ``--lv-weight``) on labeled
 + pseudo-labeled images. Every run keeps its best epoch by
-validation Dice and is scored on a held-out test split (mean per-image Dice at 0.5, model size).
+validation Dice and is scored on a held-out test split (mean per-image Dice at 0.5, model size),
+also split into the Dice on lesion images and the share of lesion-free images left clean.
 Results: ``benchmarks/out/fewlabels.json`` and ``fewlabels.md`` (``fewlabels_quick.*`` with
 ``--quick``).
 
@@ -230,8 +231,22 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
         done = trainer.run()
         keep.restore(model)
         val = done.best_dice
-    test = float(evaluate(model, test_set, encoder, device="cpu", batch_size=8)["dice"])
-    return {"val": val, "test": test, "seconds": time.perf_counter() - t, **info}
+    report = evaluate(model, test_set, encoder, device="cpu", batch_size=8)
+    scores = {"test": float(report["dice"]), **split_scores(report, test_set)}
+    return {"val": val, **scores, "seconds": time.perf_counter() - t, **info}
+
+
+def split_scores(report: dict, test_set) -> dict:
+    """The test Dice on images with a lesion, and the share of lesion-free images (image-level
+    label 0) left clean: there an image scores 1 with nothing predicted, 0 with any pixel."""
+    labels = test_set.labels
+    rows = report["per_image"]
+    lesion = [r["dice"] for r in rows if labels[r["index"]] != 0]
+    empty = [r["dice"] for r in rows if labels[r["index"]] == 0]
+    return {
+        "test_lesion": stats(lesion)[0],
+        "test_empty_clean": stats(empty)[0],
+    }
 
 
 def run_cell(args, encoder, splits, fraction: float, seed: int, pre_state, log) -> dict:
@@ -257,20 +272,29 @@ def run_cell(args, encoder, splits, fraction: float, seed: int, pre_state, log) 
 # --------------------------------------------------------------------------- report
 
 
-def summarise(results: dict, methods) -> dict:
+METRICS = {
+    "test": "Test Dice (%), mean ± sd over seeds. An image without lesion scores 1 when nothing"
+    " is predicted, so a model that predicts nothing scores the share of such test images.",
+    "test_lesion": "Test Dice (%) on the images with a lesion only, mean ± sd over seeds.",
+    "test_empty_clean": "Lesion-free test images with no pixel predicted (%), mean ± sd over"
+    " seeds.",
+}
+
+
+def summarise(results: dict, methods, metric: str = "test") -> dict:
     summary: dict = {}
     for frac, per_seed in results.items():
         summary[frac] = {}
         for method in methods:
             for epi in (False, True):
                 key = f"{method}{'+epi' if epi else ''}"
-                tests = [cell[key]["test"] for cell in per_seed.values() if key in cell]
+                tests = [cell[key].get(metric) for cell in per_seed.values() if key in cell]
                 mean, sd = stats(tests)
                 summary[frac][key] = {"mean": mean, "sd": sd, "n": len(tests)}
     return summary
 
 
-def table(summary: dict, methods, quick: bool) -> str:
+def table(summary: dict, methods, quick: bool, metric: str = "test") -> str:
     fracs = list(summary)
     head = "| method | " + " | ".join(
         f"{float(f):.0%} labels, no EPI | {float(f):.0%} labels, EPI" for f in fracs
@@ -290,11 +314,7 @@ def table(summary: dict, methods, quick: bool) -> str:
     note = "QUICK smoke run (tiny data and model, a few epochs, 1 seed): not a result. "
     note = note if quick else ""
     lines.append("")
-    lines.append(
-        f"{note}Test Dice (%), mean ± sd over seeds. An image without lesion scores 1 when"
-        " nothing is predicted, so a model that predicts nothing scores the share of such test"
-        " images."
-    )
+    lines.append(note + METRICS[metric])
     return "\n".join(lines)
 
 
@@ -302,6 +322,10 @@ def write_report(args, results: dict, seconds: float) -> str:
     """Write the JSON and markdown reports of ``results`` (also the partial ones); the table."""
     summary = summarise(results, args.methods)
     md = table(summary, args.methods, args.quick)
+    for metric in ("test_lesion", "test_empty_clean"):  # absent in runs before they existed
+        part = summarise(results, args.methods, metric)
+        if any(s["mean"] is not None for per in part.values() for s in per.values()):
+            md += "\n\n" + table(part, args.methods, args.quick, metric)
     report = {
         "benchmark": "fewlabels",
         "quick": bool(args.quick),

@@ -60,13 +60,7 @@ def _add_train(sub) -> None:
         "pretrain`); the rest of the model starts fresh",
     )
     few = p.add_argument_group("fewer labels (CLCC, SKS image-level labels)")
-    few.add_argument(
-        "--clcc",
-        action="store_true",
-        help="add CLCC's cross-level contrast (first third) and patch consistency (after); "
-        "uses the images without masks too, with or without --semi epi",
-    )
-    few.add_argument("--clcc-grid", type=int, default=2, help="CLCC grid side n (n x n patches)")
+    _add_clcc_options(few)
     few.add_argument(
         "--clcc-images", type=int, default=2, help="images per batch run as CLCC patches"
     )
@@ -144,6 +138,17 @@ def _add_models(sub) -> None:
     p.set_defaults(func=cmd_models)
 
 
+def _add_clcc_options(parser) -> None:
+    """``--clcc`` and ``--clcc-grid`` (train and retrain)."""
+    parser.add_argument(
+        "--clcc",
+        action="store_true",
+        help="add CLCC's cross-level contrast (first third) and patch consistency (after); "
+        "uses the images without masks too, with or without EPI",
+    )
+    parser.add_argument("--clcc-grid", type=int, default=2, help="CLCC grid side n (n x n patches)")
+
+
 def _add_retrain(sub) -> None:
     p = sub.add_parser(
         "retrain",
@@ -170,13 +175,7 @@ def _add_retrain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--semi", choices=["auto", "epi", "off"], default="auto")
     p.add_argument("--from-scratch", action="store_true", help="ignore the current checkpoint")
-    p.add_argument(
-        "--clcc",
-        action="store_true",
-        help="add the CLCC terms (cross-level contrast, then patch consistency), with or "
-        "without EPI",
-    )
-    p.add_argument("--clcc-grid", type=int, default=2, help="CLCC grid side n (n x n patches)")
+    _add_clcc_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--jsonl",

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from src_models.device import autocast
 from src_models.engine.epi import EPIRoundTrainer
@@ -202,10 +201,10 @@ class PartialLabelTrainer(Trainer):
     by a subclass, e.g. CLCC). An epoch repeats the labeled items (:func:`balanced_index`).
     Validation still needs masks."""
 
-    def train_index(self) -> Sequence[int] | Dataset:
+    def train_index(self) -> Sequence[int] | None:
         has = getattr(self.train_set, "has_mask", None)
         if has is None or bool(np.all(has)):
-            return self.train_set
+            return None
         return balanced_index(has)
 
     def check_datasets(self) -> None:

@@ -319,8 +319,8 @@ class Trainer:
 
         cfg = self.config
         index = self.train_index()
-        sampler = self.dist.train_sampler(len(index), seed=cfg.seed)
-        if index is not self.train_set:
+        sampler = self.dist.train_sampler(len(self.train_set if index is None else index), cfg.seed)
+        if index is not None:
             sampler = _IndexedSampler(sampler, index)
         self._train_generator = torch.Generator()  # worker seeds; reseeded every epoch
         loader = DataLoader(
@@ -340,13 +340,13 @@ class Trainer:
             )
         return loader, sampler
 
-    def train_index(self) -> Sequence[int] | Dataset:
+    def train_index(self) -> Sequence[int] | None:
         """The items of one training epoch, as indices into the training set (repeats allowed).
 
-        The default, the training set itself, is every item once. A subclass may oversample,
-        e.g. the labeled items of a partly labeled set.
+        ``None`` (the default) is every item once. A subclass may oversample, e.g. the labeled
+        items of a partly labeled set.
         """
-        return self.train_set
+        return None
 
     def build_val_loader(self) -> DataLoader | None:
         from src_models.data import collate

@@ -6,14 +6,7 @@ from src_models.device import resolve_device
 from src_models.inference import Predictor
 from src_models.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared 2-core machine: two intra-op threads beside other jobs make tiny models far slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -53,10 +53,5 @@ def fake_encoder():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_per_test():
-    # The tests run beside other jobs on 2 cores: one intra-op thread avoids oversubscription
-    # (which makes tiny models 50x slower) and keeps float results reproducible.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread_per_test(one_torch_thread):
+    """Every engine test runs on one torch thread (see ``one_torch_thread``)."""

@@ -25,13 +25,7 @@ AUX = {"contrast", "rec_image", "rec_text"}
 TRAINING_ONLY = ("patch_interest", "word_interest", "image_reconstructor", "text_reconstructor")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared 2-core machine: one intra-op thread keeps tiny models fast and results repeatable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from src_models.models import create_model, list_models
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # shared 2-core machine: one intra-op thread is much faster for tiny models
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(

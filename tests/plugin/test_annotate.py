@@ -24,16 +24,7 @@ TEXTS = [
 pytestmark = pytest.mark.filterwarnings("ignore:model 'lvit_tiny' is untrained")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """This machine's 2 cores are shared with other jobs: two spinning OpenMP threads would make
-    the tiny models here up to 100x slower (see benchmarks/bench_responsiveness.py)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dock(viewer) -> AnnotationWidget:

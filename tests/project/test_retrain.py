@@ -35,16 +35,7 @@ TINY = {"model": "lvit_tiny", "img_size": None, "device": "cpu", "num_threads": 
 CLI_TINY = ["--model", "lvit_tiny", "--img-size", "64", "--device", "cpu", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """This machine's 2 cores are shared with other jobs: two spinning OpenMP threads would make
-    the tiny models here up to 100x slower (see benchmarks/bench_responsiveness.py)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_project(tmp_path: Path, n: int = 5, labeled: int = 2) -> Path:

@@ -116,6 +116,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lv-weight", type=float, default=0.1)
+    p.add_argument(
+        "--hard-pseudo",
+        action="store_true",
+        help="EPI: harden pseudo labels at 0.5 (default: soft targets)",
+    )
     p.add_argument("--clcc-grid", type=int, default=2)
     p.add_argument("--clcc-images", type=int, default=2)
     p.add_argument("--sks-epochs", type=int, default=10)
@@ -205,6 +210,7 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
                 round0_epochs=round0,
                 round_epochs=args.round_epochs,
                 lv_weight=args.lv_weight,
+                hard=args.hard_pseudo,
                 pseudo_dir=tmp,
                 bank_fsync=False,
                 clcc=clcc_cfg,
@@ -213,6 +219,9 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
                 model, semi_set, val_set, encoder, cfg, semi, no_lesion=no_lesion
             ).run()
         val = done.best_dice
+        # round 0 is the labeled-only model: when no EPI round beats it, EPI scores round 0
+        info["best_round"] = done.best_round
+        info["round_val"] = [h.get("val_dice") for h in done.history]
     else:
         keep = KeepBest()
         epochs = total
@@ -265,7 +274,11 @@ def run_cell(args, encoder, splits, fraction: float, seed: int, pre_state, log) 
             key = f"{method}{'+epi' if epi else ''}"
             res = run_variant(args, encoder, sets, method, epi, seed, pre_state)
             out[key] = res
-            log(f"  {key}: val {res['val']:.4f} test {res['test']:.4f} ({res['seconds']:.0f} s)")
+            chosen = f", best round {res['best_round']}" if "best_round" in res else ""
+            log(
+                f"  {key}: val {res['val']:.4f} test {res['test']:.4f}{chosen} "
+                f"({res['seconds']:.0f} s)"
+            )
     return out
 
 

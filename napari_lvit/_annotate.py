@@ -1299,7 +1299,13 @@ class AnnotationWidget(QWidget):
             status = event["status"]
             dice = (event.get("metrics") or {}).get("best_dice")
             dice_text = "" if dice is None else f", val Dice {dice:.3f}"
-            if status == "done" and event.get("checkpoint"):
+            if status == "done" and event.get("checkpoint") and not event.get("current", True):
+                start = (event.get("metrics") or {}).get("start_dice")
+                self.retrain_label.setText(
+                    f"Round {event['round_id']} done{dice_text}: below the current model's "
+                    f"{start:.3f}, so the current model stays."
+                )
+            elif status == "done" and event.get("checkpoint"):
                 self.retrain_label.setText(f"Round {event['round_id']} done{dice_text}.")
                 self._load_new_checkpoint(Path(event["checkpoint"]))
             elif status == "failed":

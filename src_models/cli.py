@@ -175,6 +175,11 @@ def _add_retrain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--semi", choices=["auto", "epi", "off"], default="auto")
     p.add_argument("--from-scratch", action="store_true", help="ignore the current checkpoint")
+    p.add_argument(
+        "--replace-if-worse",
+        action="store_true",
+        help="make the new model current even if it scores below the current one on validation",
+    )
     _add_clcc_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
@@ -570,6 +575,7 @@ def cmd_retrain(args) -> int:
         seed=args.seed,
         semi=args.semi,
         from_scratch=args.from_scratch,
+        replace_if_worse=args.replace_if_worse,
         num_threads=args.threads,
         clcc=args.clcc,
         clcc_grid=args.clcc_grid,

@@ -13,9 +13,11 @@ that have a text (for EPI pseudo labels). It starts from the project's current c
 the shipped ``default`` checkpoint, else a registry model: ``lvit_s`` at 128 px unless
 configured otherwise), trains, writes ``checkpoints/round-<id>.safetensors`` durably, records
 the round (``start_round`` / ``update_round`` per epoch / ``finish_round``) and makes the new
-checkpoint current. Semi-supervised EPI rounds are used when the EPI engine is installed and
-there are unlabelled images; otherwise the supervised :class:`~src_models.engine.Trainer`
-trains on the labelled images.
+checkpoint current, unless its validation Dice is below that of the model it started from
+(then the round is done and its file kept, but the current checkpoint stays;
+``replace_if_worse`` turns this off). Semi-supervised EPI rounds are used when the EPI engine is
+installed and there are unlabelled images; otherwise the supervised
+:class:`~src_models.engine.Trainer` trains on the labelled images.
 
 Safety: the current checkpoint changes only in ``finish_round(done)``, after the new file is
 complete and fsynced; a cancelled or failed round is recorded as such and its files are
@@ -89,6 +91,8 @@ class RetrainConfig:
     :class:`~src_models.engine.epi.SemiConfig` fields. ``clcc`` adds the CLCC terms
     (:mod:`src_models.engine.clcc`, a ``clcc_grid`` x ``clcc_grid`` grid of patches) to the
     round, with or without EPI; its schedule (contrast, then consistency) spans each round.
+    ``replace_if_worse``: make the round's checkpoint current even when its best validation Dice
+    is below the starting model's (by default the better model stays current).
     """
 
     rounds: int = 1
@@ -109,6 +113,7 @@ class RetrainConfig:
     num_threads: int | None = None
     clcc: bool = False
     clcc_grid: int = 2
+    replace_if_worse: bool = False
     semi_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,7 +153,12 @@ class RetrainRoundStart:
 
 @dataclass(frozen=True)
 class RetrainRoundEnd:
-    """A round ended: ``status`` done, cancelled or failed; ``checkpoint`` is set when done."""
+    """A round ended: ``status`` done, cancelled or failed; ``checkpoint`` is set when done.
+
+    ``current`` is False for a done round whose model scored below the one it started from
+    (``metrics["start_dice"]`` against ``metrics["best_dice"]``): its file is kept, but the
+    project's current checkpoint did not change.
+    """
 
     round_id: int
     index: int
@@ -156,6 +166,7 @@ class RetrainRoundEnd:
     checkpoint: str | None
     metrics: dict[str, Any]
     error: str | None = None
+    current: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,11 @@ def format_retrain_event(event: Any) -> str:
         extra = "" if dice is None else f", best val Dice {dice:.4f}"
         where = f": {event.checkpoint}" if event.checkpoint else ""
         why = f" ({event.error})" if event.error else ""
+        if event.status == "done" and not event.current:
+            why = (
+                f" (below the starting model's {event.metrics['start_dice']:.4f}: "
+                "the current model stays)"
+            )
         return f"round {event.round_id} {event.status}{extra}{where}{why}"
     if isinstance(event, RetrainDone):
         return f"retraining {event.status} after {event.rounds_done} round(s); current model: " + (
@@ -581,10 +597,14 @@ class RetrainRun:
             _publish(work, final)
             metrics["state"] = "done"
             metrics["checkpoint"] = final.name
-            project.finish_round(round_id, "done", checkpoint_path=final, metrics=metrics)
+            current = self.config.replace_if_worse or not _worse(metrics)
+            metrics["made_current"] = current
+            project.finish_round(
+                round_id, "done", checkpoint_path=final, metrics=metrics, make_current=current
+            )
             finished = True
             _remove_round_files(project, round_id)  # work leftovers only
-            yield RetrainRoundEnd(round_id, index, "done", str(final), metrics)
+            yield RetrainRoundEnd(round_id, index, "done", str(final), metrics, current=current)
         except GeneratorExit:
             if not finished:
                 metrics["state"] = "cancelled"
@@ -708,6 +728,11 @@ class RetrainRun:
             save_last=False,
             threshold=float(meta.get("threshold", 0.5) or 0.5),
         )
+        if not base_is_new:
+            # the bar a round must clear to replace the current model (same metric as the
+            # trainer's validation: mean per-image Dice at the model's size and threshold)
+            metrics["start_dice"] = _validation_dice(model, val_set, encoder, train_config)
+            project.update_round(round_id, metrics)
         if hasattr(model, "classifier_training"):
             # SKS model: stage 1 refreshes its lesion classifier on the image-level labels
             # (committed masks, one-click "no lesion") before the segmentation epochs.
@@ -790,6 +815,30 @@ class RetrainRun:
             if self._cancel.is_set():
                 trainer.cancel()
         self._trainer = None
+
+
+def _validation_dice(model, val_set, encoder, config) -> float | None:
+    from src_models.engine.evaluate import evaluate
+
+    report = evaluate(
+        model,
+        val_set,
+        encoder,
+        device=config.device,
+        threshold=config.threshold,
+        batch_size=config.val_batch_size,
+        use_text=config.use_text,
+        amp=config.amp,
+    )
+    dice = float(report["dice"])
+    return dice if np.isfinite(dice) else None
+
+
+def _worse(metrics: dict[str, Any]) -> bool:
+    """Did the round's best validation Dice fall below its starting model's? (A tie is not
+    worse: the new model has seen the newer commits.)"""
+    start, best = metrics.get("start_dice"), metrics.get("best_dice")
+    return start is not None and best is not None and best < start
 
 
 def _item_name(item: TrainingItem) -> str:

@@ -21,10 +21,10 @@ TEXTS = [
     "Bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.",
 ]
 
-pytestmark = pytest.mark.filterwarnings("ignore:model 'lvit_tiny' is untrained")
-
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:model 'lvit_tiny' is untrained"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def _dock(viewer) -> AnnotationWidget:
@@ -242,3 +242,24 @@ def test_clcc_box_reaches_the_retrain_command(make_napari_viewer, tmp_path):
     widget.clcc_check.setChecked(True)
     args = build_parser().parse_args(widget._retrain_cli_args())
     assert args.clcc and args.project == widget.project.folder
+
+
+def test_a_round_below_the_current_model_is_reported_and_not_loaded(make_napari_viewer, tmp_path):
+    images = write_dataset(tmp_path / "data", kind="qata", n=2, size=64) / "img"
+    widget = _dock(make_napari_viewer())
+    assert widget.open(images)
+    before = widget.loaded_checkpoint
+    widget._on_retrain_event(
+        {
+            "type": "RetrainRoundEnd",
+            "round_id": 3,
+            "status": "done",
+            "checkpoint": str(tmp_path / "round-0003.safetensors"),
+            "metrics": {"best_dice": 0.41, "start_dice": 0.52},
+            "current": False,
+        }
+    )
+    assert widget.retrain_label.text() == (
+        "Round 3 done, val Dice 0.410: below the current model's 0.520, so the current model stays."
+    )
+    assert widget.loaded_checkpoint == before

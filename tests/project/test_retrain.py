@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from src_models.cli import main as cli_main
 from src_models.data.io import read_mask
 from src_models.data.synthetic import write_dataset
 from src_models.engine.checkpoint import read_checkpoint_meta
@@ -25,6 +26,7 @@ from src_models.project.retrain import (
     RetrainRoundEnd,
     RetrainRoundStart,
     event_to_dict,
+    format_retrain_event,
     recover_stale_rounds,
     retrain,
 )
@@ -93,6 +95,30 @@ def test_clcc_round_trains_on_the_unlabelled_images_too(tmp_path, semi, engine):
     assert events[-1].status == "done"
     with pytest.raises(ValueError, match="clcc_grid"):
         retrain(folder, clcc=True, clcc_grid=1, **TINY)
+
+
+def test_a_round_that_scores_below_its_starting_model_leaves_that_model_current(tmp_path):
+    folder = make_project(tmp_path)
+    good = list(retrain(folder, epochs=30, semi="off", lr=3e-3, **TINY))[-1].checkpoint
+    assert good is not None
+    # lr 1 wrecks the trained weights within one epoch
+    events = list(retrain(folder, epochs=1, semi="off", lr=1.0, **TINY))
+    end = next(e for e in events if isinstance(e, RetrainRoundEnd))
+    assert end.status == "done" and events[-1].status == "done"
+    assert end.metrics["best_dice"] < end.metrics["start_dice"]  # the premise: it got worse
+    assert not end.current and Path(end.checkpoint).is_file()  # kept, for the record
+    assert events[-1].checkpoint == good
+    assert "the current model stays" in format_retrain_event(end)
+    with Project.open(folder) as p:
+        assert str(p.current_checkpoint) == good
+        assert p.rounds()[-1].metrics["made_current"] is False and p.check() == []
+    # asked to (here from the command line), the new model replaces the current one
+    args = ["retrain", str(folder), "--epochs", "1", "--semi", "off", "--lr", "1"]
+    assert cli_main([*args, *CLI_TINY, "--replace-if-worse"]) == 0
+    with Project.open(folder) as p:
+        last = p.rounds()[-1]
+        assert last.metrics["made_current"] is True and p.current_checkpoint == last.checkpoint_path
+        assert str(p.current_checkpoint) != good
 
 
 def test_cancel_and_failure_never_touch_the_current_checkpoint(tmp_path):

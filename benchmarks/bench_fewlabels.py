@@ -93,7 +93,7 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=80)
     p.add_argument("--n-train", type=int, default=100)
     p.add_argument("--n-val", type=int, default=24)
-    p.add_argument("--n-test", type=int, default=200, help="synthetic: test images (inference only)")
+    p.add_argument("--n-test", type=int, default=200, help="synthetic test images")
     p.add_argument("--empty-fraction", type=float, default=0.25, help="synthetic: no-lesion share")
     p.add_argument(
         "--contrast",

@@ -115,6 +115,9 @@ def parse_args(argv=None):
     p.add_argument("--round-epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--round-lr", type=float, default=None, help="lr of the EPI rounds (default --lr)"
+    )
     p.add_argument("--lv-weight", type=float, default=0.1)
     p.add_argument(
         "--hard-pseudo",
@@ -211,6 +214,7 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
                 round_epochs=args.round_epochs,
                 lv_weight=args.lv_weight,
                 hard=args.hard_pseudo,
+                round_lr=args.round_lr,
                 pseudo_dir=tmp,
                 bank_fsync=False,
                 clcc=clcc_cfg,

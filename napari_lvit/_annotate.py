@@ -1297,17 +1297,18 @@ class AnnotationWidget(QWidget):
         elif kind == "RetrainRoundEnd":
             self._retrain_last = event
             status = event["status"]
-            dice = (event.get("metrics") or {}).get("best_dice")
+            metrics = event.get("metrics") or {}
+            dice = metrics.get("best_dice")
             dice_text = "" if dice is None else f", val Dice {dice:.3f}"
-            if status == "done" and event.get("checkpoint") and not event.get("current", True):
-                start = (event.get("metrics") or {}).get("start_dice")
-                self.retrain_label.setText(
-                    f"Round {event['round_id']} done{dice_text}: below the current model's "
-                    f"{start:.3f}, so the current model stays."
-                )
-            elif status == "done" and event.get("checkpoint"):
-                self.retrain_label.setText(f"Round {event['round_id']} done{dice_text}.")
-                self._load_new_checkpoint(Path(event["checkpoint"]))
+            if status == "done" and event.get("checkpoint"):
+                if event.get("current", True):
+                    self.retrain_label.setText(f"Round {event['round_id']} done{dice_text}.")
+                    self._load_new_checkpoint(Path(event["checkpoint"]))
+                else:
+                    self.retrain_label.setText(
+                        f"Round {event['round_id']} done{dice_text}: below the current model's "
+                        f"{metrics['start_dice']:.3f}, so the current model stays."
+                    )
             elif status == "failed":
                 self._retrain_error = event.get("error") or "unknown error"
                 self._message(f"Retraining failed: {self._retrain_error}", error=True)

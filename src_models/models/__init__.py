@@ -14,4 +14,8 @@ Attributes every model has: ``uses_text``, ``text_dim``, ``img_size``, ``in_chan
 
 from src_models.models.registry import create_model, is_model, list_models, register_model
 
+# isort: split
+# The families after the registry: importing them runs their @register_model (timm style).
+from src_models.models import lvit, reclmis, sks, unet  # noqa: F401
+
 __all__ = ["create_model", "is_model", "list_models", "register_model"]

@@ -3,6 +3,10 @@
 Each registered function builds a model from keyword overrides of its family's config. The
 model it returns carries ``model_name`` and ``model_config`` (a JSON-serialisable dict), so a
 checkpoint can rebuild it with ``create_model(model_name, **model_config)``.
+
+This module imports no model family (the family modules import it to register); the package
+``src_models.models`` imports every family after it, as timm's ``__init__`` does, so any import
+of this module (which imports the package first) sees every model registered.
 """
 
 from __future__ import annotations
@@ -29,18 +33,15 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Names of the registered models matching a glob pattern, sorted."""
-    _import_families()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def is_model(name: str) -> bool:
-    _import_families()
     return name in _REGISTRY
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the registered model ``name`` with config fields replaced by ``overrides``."""
-    _import_families()
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     model = _REGISTRY[name](**overrides)
@@ -62,8 +63,3 @@ def build_config(
             f"unknown {family} config field(s) {sorted(unknown)}; valid fields: {sorted(known)}"
         )
     return config_cls(**{**defaults, **overrides})
-
-
-def _import_families() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from src_models.models import lvit, reclmis, sks, unet  # noqa: F401

@@ -3,6 +3,7 @@
 Pure PyTorch; never imports napari or Qt.
 """
 
+from src_models.engine.callbacks import KeepBest
 from src_models.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -36,6 +37,7 @@ __all__ = [
     "EpochEnd",
     "Event",
     "FitStart",
+    "KeepBest",
     "TrainConfig",
     "Trainer",
     "TrainingDone",

@@ -5,7 +5,7 @@
     clcc = CLCCConfig(grid=2, contrast_weight=0.1, consistency_weight=1.0)
     # without EPI: labeled and unlabeled images together, CLCC on both, supervision on labeled
     CLCCTrainer(model, train_set, val_set, encoder, TrainConfig(epochs=30), clcc=clcc).run()
-    # with EPI: every round's trainer adds the CLCC terms
+    # with EPI: every round's trainer adds the CLCC terms (src_models.engine.semi)
     SemiTrainer(model, train_set, val_set, encoder, config, SemiConfig(clcc=clcc)).run()
 
 Per optimizer step, up to ``CLCCConfig.images`` rows of the batch (unlabeled rows first) are cut
@@ -23,6 +23,10 @@ time in the step, which DDP does not allow.
 
 The CLCC weights (0.1 contrast, 1.0 consistency) are this project's choice; the paper does not
 fix them.
+
+The EPI round trainer with these terms,
+:class:`~src_models.engine.semi.round_trainer.CLCCRoundTrainer`, lives in the semi package
+(which imports this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -37,8 +41,6 @@ import torch
 import torch.nn.functional as F
 
 from src_models.device import autocast
-from src_models.engine.epi import EPIRoundTrainer
-from src_models.engine.evaluate import check_masks, check_texts
 from src_models.engine.trainer import Trainer
 from src_models.losses.clcc import cross_level_contrast, patch_consistency, patchify
 from src_models.models.features import logits_and_features
@@ -46,10 +48,10 @@ from src_models.models.features import logits_and_features
 __all__ = [
     "CLCCConfig",
     "CLCCMixin",
-    "CLCCRoundTrainer",
     "CLCCTrainer",
     "PartialLabelTrainer",
     "balanced_index",
+    "schedule_total",
 ]
 
 
@@ -208,11 +210,7 @@ class PartialLabelTrainer(Trainer):
         return balanced_index(has)
 
     def check_datasets(self) -> None:
-        for data in (self.train_set, self.val_set):
-            if data is not None and self.use_text:
-                check_texts(data)
-        if self.val_set is not None:
-            check_masks(self.val_set)
+        self.check_texts_and_val_masks()
         has = getattr(self.train_set, "has_mask", None)
         if has is not None and not np.any(has):
             raise ValueError("no training image has a mask: nothing to supervise")
@@ -220,13 +218,7 @@ class PartialLabelTrainer(Trainer):
     def compute_loss(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         target = self.targets(batch)
         has = batch.get("has_mask")
-        terms_fn = getattr(self.loss_fn, "terms", None)
-
-        def supervised(lg: torch.Tensor, tg: torch.Tensor) -> dict[str, torch.Tensor]:
-            if callable(terms_fn):
-                return dict(terms_fn(lg, tg))
-            return {"seg": self.loss_fn(lg, tg)}
-
+        supervised = self.supervised_terms
         if has is None:
             return supervised(logits, target)
         has = has.to(logits.device, torch.bool).reshape(-1)
@@ -251,24 +243,6 @@ class CLCCTrainer(CLCCMixin, PartialLabelTrainer):
         meta = super().checkpoint_meta(kind)
         meta["training"]["clcc"] = self.clcc.to_dict()
         return meta
-
-
-class CLCCRoundTrainer(CLCCMixin, EPIRoundTrainer):
-    """One EPI round (:class:`~src_models.engine.epi.EPIRoundTrainer`) plus the CLCC terms.
-
-    Extra keyword arguments: ``clcc``, ``clcc_offset``, ``clcc_total`` (see :class:`CLCCMixin`).
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        clcc: CLCCConfig | dict | None = None,
-        clcc_offset: float = 0.0,
-        clcc_total: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_clcc(clcc, clcc_offset, clcc_total)
 
 
 def schedule_total(round0: int, rounds: int, round_epochs: int) -> float:

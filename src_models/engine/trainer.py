@@ -303,6 +303,15 @@ class Trainer:
                 check_texts(data)
             check_masks(data)
 
+    def check_texts_and_val_masks(self) -> None:
+        """The checks for training items that may lack a mask (semi-supervised subclasses):
+        every item of both sets needs a text (text runs), every validation item a mask."""
+        for data in (self.train_set, self.val_set):
+            if data is not None and self.use_text:
+                check_texts(data)
+        if self.val_set is not None:
+            check_masks(self.val_set)
+
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
         """Adam + CosineAnnealingWarmRestarts (stepped once per epoch)."""
         cfg = self.config
@@ -394,7 +403,13 @@ class Trainer:
         holds the collated items on the device (``image``, ``mask``, ``text``, ``name``,
         ``index``, and ``text_tokens``/``text_mask`` in text runs).
         """
-        target = self.targets(batch)
+        return self.supervised_terms(logits, self.targets(batch))
+
+    def supervised_terms(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The supervised criterion's named terms: ``loss_fn.terms(logits, target)``, or
+        ``{"seg": loss_fn(logits, target)}`` for a plain callable."""
         terms = getattr(self.loss_fn, "terms", None)
         if callable(terms):
             return dict(terms(logits, target))

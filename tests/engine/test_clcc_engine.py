@@ -9,7 +9,7 @@ from src_models.data import SegmentationDataset, scan_split
 from src_models.data.synthetic import write_dataset
 from src_models.engine import EpochEnd, TrainConfig
 from src_models.engine.clcc import CLCCConfig, CLCCTrainer
-from src_models.engine.epi import RoundEnd, SemiConfig, SemiTrainer, split_labeled
+from src_models.engine.semi import RoundEnd, SemiConfig, SemiTrainer, split_labeled
 from src_models.models import create_model
 from src_models.models.features import logits_and_features
 

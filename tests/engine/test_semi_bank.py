@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from src_models.engine.pseudo_bank import PseudoLabelBank, epi_beta, epi_update
+from src_models.engine.semi.bank import PseudoLabelBank, epi_beta, epi_update
 
 
 def _preds(t, names=("a", "b"), shape=(8, 8)):

@@ -8,19 +8,19 @@ from src_models.data import SegmentationDataset, scan_split
 from src_models.data import transforms as T
 from src_models.data.synthetic import write_dataset
 from src_models.engine import BatchEnd, TrainConfig, TrainingDone
-from src_models.engine.epi import (
+from src_models.engine.semi import (
+    PseudoLabelBank,
     PseudoLabelProgress,
     RoundEnd,
     RoundStart,
     SemiConfig,
     SemiDone,
     SemiTrainer,
-    _RoundDataset,
     format_semi_event,
     sigmoid_rampup,
     split_labeled,
 )
-from src_models.engine.pseudo_bank import PseudoLabelBank
+from src_models.engine.semi.data import _RoundDataset
 from src_models.models import create_model
 
 SIZE = 64
@@ -189,7 +189,7 @@ def test_pseudo_labels_are_augmented_with_their_image(data, tmp_path):
 
 
 def test_labeled_plus_unlabeled_sets_with_stable_bank_keys(data, fake_encoder, tmp_path):
-    from src_models.engine.epi import LabeledUnlabeledSet
+    from src_models.engine.semi import LabeledUnlabeledSet
 
     labeled, unlabeled = split_labeled(data[0], 0.3, seed=0)
     lab = SegmentationDataset(labeled, SIZE, augment=True)

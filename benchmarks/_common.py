@@ -1,21 +1,28 @@
-"""What the label-efficiency benchmarks (``bench_semi``, ``bench_fewlabels``) share.
+"""What the benchmarks share: the header every one of them writes first (:func:`header`), and
+the helpers of the label-efficiency benchmarks (``bench_semi``, ``bench_fewlabels``).
 
-Imported by the scripts in this folder (``python benchmarks/<script>.py`` puts the folder on
-``sys.path``); not part of the package.
+Imported as ``benchmarks._common`` by the benchmarks, which run from the repository root as
+``python -m benchmarks.<name>``; not part of the installed package.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import os
+import platform
+import shlex
 import statistics
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from src_models.data import scan_split
 from src_models.data.synthetic import write_dataset
-from src_models.engine import Callback, TrainConfig, ValidationEnd
+from src_models.engine import KeepBest as KeepBest  # re-exported for the benchmarks
+from src_models.engine import TrainConfig
 
 
 def train_config(args, epochs: int, seed: int) -> TrainConfig:
@@ -42,21 +49,6 @@ def labeled_epochs(epochs: int, n_images: int, batch_size: int, min_steps: int) 
     """
     steps = -(-n_images // batch_size)
     return max(epochs, -(-min_steps // max(steps, 1)))
-
-
-class KeepBest(Callback):
-    """The best-by-validation weights of a run that writes no checkpoint (``out=None``)."""
-
-    def __init__(self) -> None:
-        self.state = None
-
-    def on_event(self, trainer, event) -> None:
-        if isinstance(event, ValidationEnd) and event.improved:
-            self.state = copy.deepcopy(trainer.model.state_dict())
-
-    def restore(self, model) -> None:
-        if self.state is not None:
-            model.load_state_dict(self.state)
 
 
 def stats(values) -> tuple[float | None, float | None]:
@@ -92,3 +84,73 @@ def monuseg_splits(root: Path, seed: int, *, image_label: int | None = None):
     if image_label is not None:
         train = [dataclasses.replace(r, label=image_label) for r in train]
     return train, val, scan_split(root / "Val_Folder")
+
+
+# --------------------------------------------------------------------------- header
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def machine_info() -> dict:
+    """What a run measured on: python, torch, its intra-op threads, CPU, load average.
+
+    Holds every key of the ``machine`` entries the benchmarks wrote before the shared header,
+    so that their JSONs stay comparable. Call it after ``torch.set_num_threads``.
+    """
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _git(*args: str) -> str | None:
+    """A git command's output in the repository (``None`` without git or a checkout)."""
+    cmd = ["git", "--no-optional-locks", *args]  # no index refresh: reads only
+    try:
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def header(module: str, argv: list[str] | None = None, *, echo: bool = True) -> dict:
+    """The header every benchmark writes first in its JSON (key ``header``) and prints first.
+
+    Date, the command that repeats the run, the git commit (and whether tracked files had
+    uncommitted changes) and :func:`machine_info`. ``module``: the benchmark's module, e.g.
+    ``"benchmarks.bench_semi"``; ``argv``: the arguments its ``main`` parsed (default
+    ``sys.argv[1:]``). Call it after ``torch.set_num_threads``.
+    """
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    head = {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", module, *args]),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "machine": machine_info(),
+    }
+    if echo:
+        print(header_text(head), flush=True)
+    return head
+
+
+def header_text(head: dict) -> str:
+    """The printed form of a :func:`header`: three lines."""
+    m = head["machine"]
+    commit = (head["git_commit"] or "unknown")[:12]
+    dirty = " + uncommitted changes" if head["git_dirty"] else ""
+    load = " ".join(f"{x:.2f}" for x in m["loadavg"]) if m["loadavg"] else "-"
+    return (
+        f"# {head['command']}\n"
+        f"# {head['date']}, git {commit}{dirty}\n"
+        f"# python {m['python']}, torch {m['torch']}, {m['threads']} threads, {m['cpu']} "
+        f"({m['cpu_count']} CPUs), load {load}"
+    )

@@ -24,12 +24,12 @@ also split into the Dice on lesion images and the share of lesion-free images le
 Results: ``benchmarks/out/fewlabels.json`` and ``fewlabels.md`` (``fewlabels_quick.*`` with
 ``--quick``).
 
-    python benchmarks/bench_fewlabels.py                  # hours on 2 shared CPU cores
-    python benchmarks/bench_fewlabels.py --quick          # a ~5-minute smoke run (1 seed)
-    python benchmarks/bench_fewlabels.py --monuseg /work/shared/datasets/MoNuSeg
+    python -m benchmarks.bench_fewlabels                  # hours on 2 shared CPU cores
+    python -m benchmarks.bench_fewlabels --quick          # a ~5-minute smoke run (1 seed)
+    python -m benchmarks.bench_fewlabels --monuseg /work/shared/datasets/MoNuSeg
     # one process per seed, then one table:
-    python benchmarks/bench_fewlabels.py --seeds 0 --out benchmarks/out/fewlabels_s0.json  # etc.
-    python benchmarks/bench_fewlabels.py --merge benchmarks/out/fewlabels_s*.json
+    python -m benchmarks.bench_fewlabels --seeds 0 --out benchmarks/out/fewlabels_s0.json  # etc.
+    python -m benchmarks.bench_fewlabels --merge benchmarks/out/fewlabels_s*.json
 
 MoNuSeg (licence CC BY-NC-SA) is only read, never copied: its Train_Folder is split into
 train/val by seed, its Val_Folder is the test split. Every MoNuSeg image has nuclei, so there
@@ -43,7 +43,6 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -54,28 +53,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (  # noqa: E402
     KeepBest,
+    header,
     labeled_epochs,
     monuseg_splits,
     stats,
     synthetic_splits,
     train_config,
 )
-
 from src_models.data import SegmentationDataset  # noqa: E402
 from src_models.engine import Trainer, evaluate  # noqa: E402
 from src_models.engine.clcc import CLCCConfig, CLCCTrainer, balanced_index  # noqa: E402
-from src_models.engine.epi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
 from src_models.engine.pretrain import PretrainConfig, Pretrainer, image_encoder  # noqa: E402
+from src_models.engine.semi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
 from src_models.engine.sks import ClassifierConfig, image_labels, train_classifier  # noqa: E402
 from src_models.models import create_model  # noqa: E402
 from src_models.text import TextEncoder  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("base", "clcc", "sks", "pretrain", "all")
 LABELS = {
     "base": "base",
@@ -87,7 +83,10 @@ LABELS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_fewlabels",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/)")
     p.add_argument("--model", default="lvit_s")
     p.add_argument("--size", type=int, default=80)
@@ -335,7 +334,7 @@ def table(summary: dict, methods, quick: bool, metric: str = "test") -> str:
     return "\n".join(lines)
 
 
-def write_report(args, results: dict, seconds: float) -> str:
+def write_report(args, results: dict, seconds: float, head: dict) -> str:
     """Write the JSON and markdown reports of ``results`` (also the partial ones); the table."""
     summary = summarise(results, args.methods)
     md = table(summary, args.methods, args.quick)
@@ -344,11 +343,12 @@ def write_report(args, results: dict, seconds: float) -> str:
         if any(s["mean"] is not None for per in part.values() for s in per.values()):
             md += "\n\n" + table(part, args.methods, args.quick, metric)
     report = {
+        "header": head,
         "benchmark": "fewlabels",
         "quick": bool(args.quick),
         "data": "MoNuSeg" if args.monuseg is not None else "synthetic qata",
         "args": json.loads(json.dumps(vars(args), default=str)),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "machine": head["machine"],
         "seconds": seconds,
         "summary": summary,
         "results": results,
@@ -370,6 +370,7 @@ def merge(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    head = header("benchmarks.bench_fewlabels", argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
 
@@ -377,7 +378,7 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t_all:7.0f} s] {msg}", flush=True)
 
     if args.merge:
-        md = write_report(args, merge(args), 0.0)
+        md = write_report(args, merge(args), 0.0, head)
         print(md)
         print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
         return 0
@@ -399,8 +400,8 @@ def main(argv=None) -> int:
                 results[str(frac)][str(seed)] = run_cell(
                     args, encoder, splits, frac, seed, pre_state, log
                 )
-                write_report(args, results, time.perf_counter() - t_all)  # partial results
-    md = write_report(args, results, time.perf_counter() - t_all)
+                write_report(args, results, time.perf_counter() - t_all, head)  # partial results
+    md = write_report(args, results, time.perf_counter() - t_all, head)
     print(md)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0

@@ -4,7 +4,7 @@ For each model: parameters, GMAC of one forward pass on a batch of one (at the m
 img_size), median forward latency (batch 1, eval, no_grad) and median training-step latency
 (batch 2: forward, 0.5 Dice + 0.5 BCE, backward, Adam step). Prints a table and writes JSON.
 
-    python benchmarks/bench_models.py --models lvit_t lvit_s unet unet_s --repeats 5
+    python -m benchmarks.bench_models --models lvit_t lvit_s unet unet_s --repeats 5
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import header
 from src_models.models import create_model, list_models
 from src_models.models.profile import count_macs, count_parameters
 
@@ -91,7 +92,10 @@ def bench_model(name: str, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_models",
+        description=__doc__.splitlines()[0],
+    )
     parser.add_argument("--models", nargs="+", default=None, help="default: all registered")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -99,12 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    head = header("benchmarks.bench_models", argv)
     names = args.models or list_models()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
-    header = f"{'model':<12}{'img':>5}{'params (M)':>12}{'GMAC':>9}{'fwd b1 (ms)':>13}"
-    header += f"{'step b2 (ms)':>14}"
-    print(header)
+    columns = f"{'model':<12}{'img':>5}{'params (M)':>12}{'GMAC':>9}{'fwd b1 (ms)':>13}"
+    columns += f"{'step b2 (ms)':>14}"
+    print(columns)
     for name in names:
         r = bench_model(name, args.repeats)
         rows.append(r)
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{REFERENCE['train_step_s'] * 1e3:>14.1f}   ({REFERENCE['model']})"
     )
     result = {
+        "header": head,
         "threads": args.threads,
         "repeats": args.repeats,
         "torch": torch.__version__,

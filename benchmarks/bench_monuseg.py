@@ -11,8 +11,8 @@ beside it (no selection). The test split is kept apart for an independent check.
 MoNuSeg (licence CC BY-NC-SA) is only read, never copied. Paper figures (Dice / IoU, %):
 LViT-T 80.36 / 67.31, U-Net 76.45 / 62.86.
 
-    python benchmarks/bench_monuseg.py /work/shared/datasets/MoNuSeg --models lvit_s unet_s
-    python benchmarks/bench_monuseg.py DIR --models lvit_t --epochs 60
+    python -m benchmarks.bench_monuseg /work/shared/datasets/MoNuSeg --models lvit_s unet_s
+    python -m benchmarks.bench_monuseg DIR --models lvit_t --epochs 60
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks._common import header  # noqa: E402
 from src_models.data.dataset import SegmentationDataset  # noqa: E402
 from src_models.engine.checkpoint import load_checkpoint  # noqa: E402
 from src_models.engine.evaluate import evaluate, evaluate_native  # noqa: E402
@@ -88,7 +88,11 @@ def run_model(name: str, root: Path, encoder: TextEncoder, args, out_dir: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_monuseg",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("root", type=Path, help="MoNuSeg folder with Train_Folder/ and Val_Folder/")
     p.add_argument("--models", nargs="+", default=["lvit_s", "unet_s"])
     p.add_argument("--epochs", type=int, default=200)
@@ -99,9 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "out" / "monuseg.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    head = header("benchmarks.bench_monuseg", argv)
     encoder = TextEncoder()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.pop("header", None)  # the header of the latest run, first
+    results = {"header": head, **results}
     results.setdefault("models", {})
     for name in args.models:
         results["models"][name] = run_model(name, args.root, encoder, args, args.out.parent)
@@ -110,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "lr": args.lr,
             "seed": args.seed,
         }
-        results["machine"] = {
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "cpu": platform.processor() or platform.machine(),
-        }
+        results["machine"] = head["machine"]
         args.out.write_text(json.dumps(results, indent=2))  # after each model: keep what ran
 
     print("\n| model | params (M) | val Dice | val IoU | last-epoch Dice | epochs | minutes |")

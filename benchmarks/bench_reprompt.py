@@ -14,8 +14,8 @@ Models with ``supports_feature_reuse`` run only the text-dependent part on the s
 the others (LViT, for reference) run whole twice. Target: second prompt < 1/3 of the first.
 Also times ``encode_image`` and ``decode`` alone. Untrained weights (latency only).
 
-    python benchmarks/bench_reprompt.py --models reclmis_s lvit_s --repeats 15
-    python benchmarks/bench_reprompt.py --models default     # the shipped model's proposal time
+    python -m benchmarks.bench_reprompt --models reclmis_s lvit_s --repeats 15
+    python -m benchmarks.bench_reprompt --models default     # the shipped model's proposal time
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks._common import header
 from src_models.inference import Predictor
 from src_models.models import create_model, list_models
 from src_models.text import TextEncoder
@@ -133,7 +134,10 @@ def bench_model(name: str, encoder: TextEncoder, repeats: int, size: int, warmup
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_reprompt",
+        description=__doc__.splitlines()[0],
+    )
     parser.add_argument("--models", nargs="+", default=None, help="default: see default_models")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
+    head = header("benchmarks.bench_reprompt", argv)
     names = args.models or default_models()
     encoder = TextEncoder()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -167,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"decode {m['decode_ms']:.1f} ms, forward {m['forward_ms']:.1f} ms"
             )
     result = {
+        "header": head,
         "threads": args.threads,
         "repeats": args.repeats,
         "input_size": args.size,

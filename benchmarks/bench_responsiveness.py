@@ -2,7 +2,7 @@
 
 Run under a virtual display::
 
-    xvfb-run -a python benchmarks/bench_responsiveness.py            # a few minutes
+    xvfb-run -a python -m benchmarks.bench_responsiveness            # a few minutes
 
 For one synthetic project (``--n`` images of ``--size`` px, ``--labeled`` of them committed, the
 rest unlabelled with their texts, so rounds use EPI) it runs the same retraining round
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import header
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,6 @@ def build_project(root: Path, n: int, labeled: int, size: int) -> Path:
 def cli_round(project: Path, args, epochs: int, extra: list[str] = ()) -> dict:
     """One retraining round from the command line; returns its RetrainRoundEnd metrics."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
         sys.executable,
         "-m",
@@ -236,7 +236,10 @@ def viewer_rounds(project: Path, args, epochs: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_responsiveness",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--n", type=int, default=24, help="images in the project")
     p.add_argument("--labeled", type=int, default=8)
     p.add_argument("--size", type=int, default=128, help="image size (px)")
@@ -254,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "responsiveness.json")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    head = header("benchmarks.bench_responsiveness", argv)
 
     import shutil
 
@@ -289,15 +293,15 @@ def main(argv: list[str] | None = None) -> int:
             "meets_target": bool(worst <= 100.0 and step <= 1.10 * ref),
         }
     result = {
+        "header": head,
         "what": "event-loop lateness and training speed while a retraining round runs",
-        "command": "xvfb-run -a python benchmarks/bench_responsiveness.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "xvfb-run -a " + head["command"],
         "config": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
         },
         "machine": {
+            **head["machine"],
             "cpus": os.cpu_count(),
-            "python": platform.python_version(),
             "load_avg_before": load_before,
             "load_avg_after": os.getloadavg(),
             "note": "the 2 cores are shared with other jobs; CLI runs are interleaved",

@@ -18,9 +18,9 @@ scored on a held-out test split (mean per-image Dice at threshold 0.5, model siz
 to ``benchmarks/out/semi.json`` (``semi_monuseg.json``, ``*_quick.json``); a markdown table
 is printed.
 
-    python benchmarks/bench_semi.py --contrast 0.5        # ~35 min on 2 shared CPU cores
-    python benchmarks/bench_semi.py --quick               # a 1-minute smoke run
-    python benchmarks/bench_semi.py --monuseg /work/shared/datasets/MoNuSeg --size 224 \
+    python -m benchmarks.bench_semi --contrast 0.5        # ~35 min on 2 shared CPU cores
+    python -m benchmarks.bench_semi --quick               # a 1-minute smoke run
+    python -m benchmarks.bench_semi --monuseg /work/shared/datasets/MoNuSeg --size 224 \
         --full-epochs 60                                  # MoNuSeg instead, ~45 min
 
 MoNuSeg (licence CC BY-NC-SA) is only read, never copied: its Train_Folder is split into
@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,25 +43,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (  # noqa: E402
     KeepBest,
+    header,
     labeled_epochs,
     monuseg_splits,
     stats,
     synthetic_splits,
     train_config,
 )
-
 from src_models.data import SegmentationDataset  # noqa: E402
 from src_models.engine import Trainer, evaluate  # noqa: E402
-from src_models.engine.epi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
+from src_models.engine.semi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
 from src_models.models import create_model  # noqa: E402
 from src_models.text import TextEncoder  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("supervised", "epi", "epi_lv", "epi_lv_plain")
 LABELS = {
     "supervised": "supervised only",
@@ -74,7 +70,10 @@ LABELS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_semi",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/)")
     p.add_argument("--model", default="lvit_s")
     p.add_argument("--size", type=int, default=80)
@@ -285,6 +284,7 @@ def main(argv=None) -> int:
         name = "semi_monuseg" if args.monuseg else "semi"
         args.out = ROOT / "benchmarks" / "out" / f"{name}{'_quick' if args.quick else ''}.json"
     torch.set_num_threads(args.threads)
+    head = header("benchmarks.bench_semi", argv)
     t_start = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -293,15 +293,11 @@ def main(argv=None) -> int:
     encoder = TextEncoder("default")
     dataset = "monuseg" if args.monuseg else "synthetic-qata"
     results = {
+        "header": head,
         "benchmark": "semi",
         "dataset": dataset,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-        },
+        "machine": head["machine"],
         "fractions": {},
         "full": {},
     }

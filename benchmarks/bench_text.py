@@ -8,8 +8,8 @@ word (low = the text moves the mask). The shipped default checkpoint is scored o
 data when it is installed. Results go to ``benchmarks/out/text.json``; a markdown table is
 printed. Targets: text beats no-text by >= 25 Dice points; left/right IoU < 0.2.
 
-    python benchmarks/bench_text.py                        # ~15 min on 2 CPU cores
-    python benchmarks/bench_text.py --models lvit_s --quick
+    python -m benchmarks.bench_text                        # ~15 min on 2 CPU cores
+    python -m benchmarks.bench_text --models lvit_s --quick
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks._common import header  # noqa: E402
 from src_models.data.dataset import SegmentationDataset  # noqa: E402
 from src_models.data.synthetic import write_dataset  # noqa: E402
 from src_models.engine.checkpoint import load_checkpoint  # noqa: E402
@@ -72,7 +72,11 @@ def score(model, test_set, encoder, use_text: bool, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_text",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--models", nargs="+", default=["lvit_s"])
     p.add_argument("--n-train", type=int, default=800)
     p.add_argument("--n-val", type=int, default=100)
@@ -89,9 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n_train, args.n_val, args.n_test, args.epochs, args.img_size = 40, 8, 8, 1, 64
     torch.set_num_threads(args.threads)
+    head = header("benchmarks.bench_text", argv)
 
     encoder = TextEncoder()
-    results: dict = {"config": {k: str(v) for k, v in vars(args).items()}, "models": {}}
+    results: dict = {
+        "header": head,
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "models": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         splits = {}
@@ -125,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             predictor = Predictor("default", device="cpu", text_encoder=encoder)
             test = SegmentationDataset(work / "test", predictor.img_size)
             results["shipped_default"] = score(predictor.model, test, encoder, True, args)
-    results["machine"] = {
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-    }
+    results["machine"] = head["machine"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

@@ -4,8 +4,8 @@ Trains ``lvit_s`` on synthetic chest X-rays with both kinds of text (QaTa report
 every lesion, and referring prompts that name only some of the lesions, in the short and in the
 QaTa style), then measures it on freshly generated data and writes a JSON report:
 
-    python benchmarks/train_default.py                 # about 20 min on 2 CPU cores
-    python benchmarks/train_default.py --install       # also copy it into the package
+    python -m benchmarks.train_default                 # about 20 min on 2 CPU cores
+    python -m benchmarks.train_default --install       # also copy it into the package
 
 The installed checkpoint holds float16 weights (half the size; loading casts them back).
 Deterministic by ``--seed`` up to the usual floating-point nondeterminism of threaded CPU kernels.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._common import header
 from src_models.data.dataset import SegmentationDataset, scan_split
 from src_models.data.synthetic import write_dataset
 from src_models.engine.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -87,7 +87,11 @@ def measure(checkpoint: Path, size: int, seed: int, n_eval: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_default",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--work", type=Path, default=ROOT / "out" / "default")
     p.add_argument("--n-train", type=int, default=1500)
     p.add_argument("--n-val", type=int, default=150)
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
+    head = header("benchmarks.train_default", argv)
 
     t0 = time.perf_counter()
     train = make_data(args.work / "train", args.n_train, args.data_size, args.seed)
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = half_precision_copy(out, args.work / "default.safetensors")
     figures = measure(shipped, args.data_size, seed=1000 + args.seed, n_eval=args.n_eval)
     report = {
+        "header": head,
         "recipe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "n_train": len(train_set),
         "n_val": len(val_set),
@@ -147,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint_bytes": shipped.stat().st_size,
         "fresh_data": figures,
         "meta": read_checkpoint_meta(shipped)["training"]["metrics"],
-        "machine": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "threads": args.threads,
-        },
+        "machine": head["machine"],
     }
     (ROOT / "out").mkdir(exist_ok=True)
     (ROOT / "out" / "default_model.json").write_text(json.dumps(report, indent=2))

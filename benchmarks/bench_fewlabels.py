@@ -63,11 +63,17 @@ from benchmarks._common import (  # noqa: E402
     train_config,
 )
 from src_models.data import SegmentationDataset  # noqa: E402
-from src_models.engine import Trainer, evaluate  # noqa: E402
-from src_models.engine.clcc import CLCCConfig, CLCCTrainer, balanced_index  # noqa: E402
+from src_models.engine import evaluate  # noqa: E402
+from src_models.engine.clcc import CLCCConfig, balanced_index  # noqa: E402
 from src_models.engine.pretrain import PretrainConfig, Pretrainer, image_encoder  # noqa: E402
-from src_models.engine.semi import SemiConfig, SemiTrainer, split_labeled  # noqa: E402
-from src_models.engine.sks import ClassifierConfig, image_labels, train_classifier  # noqa: E402
+from src_models.engine.recipe import (  # noqa: E402
+    TrainingRecipe,
+    build_trainer,
+    no_lesion_names,
+    sks_stage1,
+)
+from src_models.engine.semi import SemiConfig, split_labeled  # noqa: E402
+from src_models.engine.sks import ClassifierConfig, image_labels  # noqa: E402
 from src_models.models import create_model  # noqa: E402
 from src_models.text import TextEncoder  # noqa: E402
 
@@ -188,23 +194,15 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
     model = create_model(name, img_size=args.size, text_dim=encoder.dim)
     if pre:
         image_encoder(model).load_state_dict(pre_state)
-    no_lesion: list[str] = []
     info: dict = {}
-    if sks:
-        labels = image_labels(semi_set)  # the table's labels of all training images
-        cls_cfg = ClassifierConfig(epochs=args.sks_epochs, batch_size=8, seed=seed, device="cpu")
-        hist = list(train_classifier(model, semi_set, cls_cfg, labels=labels))
-        info["classifier_accuracy"] = hist[-1].accuracy
-        no_lesion = [
-            n for n, y, h in zip(semi_set.names, labels, semi_set.has_mask, strict=True)
-            if y == 0 and not h
-        ]  # fmt: skip
     clcc_cfg = CLCCConfig(grid=args.clcc_grid, images=args.clcc_images) if clcc else None
+    # SKS: stage 1 on the table's image-level labels of all training images
+    stage1 = ClassifierConfig(epochs=args.sks_epochs, batch_size=8, seed=seed, device="cpu")
     n_labeled = int(semi_set.has_mask.sum())
     round0 = labeled_epochs(args.round0_epochs, n_labeled, args.batch_size, args.min_steps)
     total = round0 + args.rounds * args.round_epochs
-    if epi:
-        with tempfile.TemporaryDirectory(prefix="bench-few-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-few-") as tmp:
+        if epi:
             cfg = train_config(args, args.round_epochs, seed)
             cfg.t0 = max(round0, args.round_epochs)
             semi = SemiConfig(
@@ -216,33 +214,35 @@ def run_variant(args, encoder, sets, method: str, epi: bool, seed: int, pre_stat
                 round_lr=args.round_lr,
                 pseudo_dir=tmp,
                 bank_fsync=False,
-                clcc=clcc_cfg,
             )
-            done = SemiTrainer(
-                model, semi_set, val_set, encoder, cfg, semi, no_lesion=no_lesion
-            ).run()
-        val = done.best_dice
+        else:
+            semi, epochs = None, total
+            if clcc:  # on all images (labeled ones repeated): the optimizer steps of an EPI run
+                steps = -(-n_labeled // args.batch_size) * round0
+                steps += -(-len(semi_set) // args.batch_size) * args.rounds * args.round_epochs
+                per_epoch = -(-len(balanced_index(semi_set.has_mask)) // args.batch_size)
+                epochs = -(-steps // per_epoch)
+            cfg = train_config(args, epochs, seed)
+        recipe = TrainingRecipe(cfg, semi=semi, clcc=clcc_cfg, classifier=stage1 if sks else None)
+        labels = image_labels(semi_set)
+        hist = list(sks_stage1(model, semi_set, recipe, labels=labels))
+        if hist:
+            info["classifier_accuracy"] = hist[-1].accuracy
+        no_lesion = no_lesion_names(semi_set, labels) if sks else []
+        keep = KeepBest()
+        train_set = semi_set if epi or clcc else lab_set
+        hooks = [] if epi else [keep]
+        trainer = build_trainer(
+            model, train_set, val_set, encoder, recipe, no_lesion=no_lesion, hooks=hooks
+        )
+        done = trainer.run()
+    val = done.best_dice
+    if epi:
         # round 0 is the labeled-only model: when no EPI round beats it, EPI scores round 0
         info["best_round"] = done.best_round
         info["round_val"] = [h.get("val_dice") for h in done.history]
     else:
-        keep = KeepBest()
-        epochs = total
-        if clcc:  # on all images (labeled ones repeated): the optimizer steps of an EPI run
-            steps = -(-n_labeled // args.batch_size) * round0
-            steps += -(-len(semi_set) // args.batch_size) * args.rounds * args.round_epochs
-            per_epoch = -(-len(balanced_index(semi_set.has_mask)) // args.batch_size)
-            epochs = -(-steps // per_epoch)
-        cfg = train_config(args, epochs, seed)
-        if clcc:
-            trainer = CLCCTrainer(
-                model, semi_set, val_set, encoder, cfg, hooks=[keep], clcc=clcc_cfg
-            )
-        else:
-            trainer = Trainer(model, lab_set, val_set, encoder, cfg, hooks=[keep])
-        done = trainer.run()
         keep.restore(model)
-        val = done.best_dice
     report = evaluate(model, test_set, encoder, device="cpu", batch_size=8)
     scores = {"test": float(report["dice"]), **split_scores(report, test_set)}
     return {"val": val, **scores, "seconds": time.perf_counter() - t, **info}

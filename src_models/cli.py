@@ -6,6 +6,7 @@
     napari-lvit predict CKPT IMAGE --text "..." --out mask.tif
     napari-lvit evaluate CKPT DATA --json
     napari-lvit retrain PROJECT --rounds 1 --epochs 5 --jsonl
+    napari-lvit retrain PROJECT --config - --jsonl < config.json   # RetrainConfig.to_json()
     napari-lvit pretrain DATA --out pre.safetensors --epochs 20 --model lvit_s
     napari-lvit train DATA --init pre.safetensors --labeled-fraction 0.1 --semi epi --clcc ...
 
@@ -15,6 +16,7 @@ The GUI commands (``demo``, ...) are added by ``napari_lvit._cli``, the console 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -139,7 +141,7 @@ def _add_models(sub) -> None:
 
 
 def _add_clcc_options(parser) -> None:
-    """``--clcc`` and ``--clcc-grid`` (train and retrain)."""
+    """``--clcc`` and ``--clcc-grid`` of ``train`` (``retrain`` has them from RetrainConfig)."""
     parser.add_argument(
         "--clcc",
         action="store_true",
@@ -150,43 +152,27 @@ def _add_clcc_options(parser) -> None:
 
 
 def _add_retrain(sub) -> None:
+    from src_models.dataclass_io import add_arguments
+    from src_models.project.retrain_config import RetrainConfig
+
     p = sub.add_parser(
         "retrain",
         help="retraining rounds on an annotation project (its commits and unlabelled images)",
+        description="Settings come from --config (a RetrainConfig as JSON) and then from the "
+        "flags given, which override it.",
     )
     p.add_argument("project", type=Path, help="project folder (holds project.sqlite)")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=5, help="epochs per round")
-    p.add_argument("--device", default="auto")
     p.add_argument(
-        "--model",
-        default="auto",
-        help="start from this checkpoint/registry model when the project has no model yet "
-        "('auto': the shipped default, else lvit_s)",
+        "--config",
+        metavar="FILE",
+        help="a RetrainConfig as JSON (RetrainConfig.to_json()); '-' reads it from stdin",
     )
-    p.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        help="input size of a new registry model (default: its own; 128 for 'auto')",
-    )
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--semi", choices=["auto", "epi", "off"], default="auto")
-    p.add_argument("--from-scratch", action="store_true", help="ignore the current checkpoint")
-    p.add_argument(
-        "--replace-if-worse",
-        action="store_true",
-        help="make the new model current even if it scores below the current one on validation",
-    )
-    _add_clcc_options(p)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--jsonl",
         action="store_true",
         help="print one JSON object per event per line on stdout (for the napari widget)",
     )
+    add_arguments(p.add_argument_group("settings (RetrainConfig fields)"), RetrainConfig)
     p.set_defaults(func=cmd_retrain)
 
 
@@ -265,13 +251,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from tqdm import tqdm
-
-    from src_models.data.dataset import SegmentationDataset
-    from src_models.engine.checkpoint import load_checkpoint
-    from src_models.engine.events import BatchEnd, CheckpointSaved, EpochEnd, ValidationEnd
-    from src_models.engine.trainer import TrainConfig, Trainer
-    from src_models.models import create_model
+    from src_models.engine.recipe import build_trainer, no_lesion_names, sks_stage1
+    from src_models.engine.sks import image_labels
+    from src_models.model_source import open_model
     from src_models.text import TextEncoder
 
     if args.init is not None and args.resume:
@@ -279,57 +261,115 @@ def cmd_train(args) -> int:
     encoder = None if args.no_text else TextEncoder(args.text_encoder)
     if args.resume:
         from src_models.engine.checkpoint import CheckpointError, resolve_resume
-        from src_models.inference import resolve_checkpoint
 
-        checkpoint = resolve_checkpoint(args.resume)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: checkpoint not found: {args.resume}")
-        model, _ = load_checkpoint(checkpoint)
+        opened = open_model(args.resume, kinds=("checkpoint",))
         try:
-            resolve_resume(checkpoint)
-            args.resume = checkpoint
+            resolve_resume(opened.checkpoint)
+            args.resume = opened.checkpoint
         except CheckpointError:
-            print(f"{checkpoint} has no training state: fine-tuning a new run from its weights")
+            print(
+                f"{opened.checkpoint} has no training state: fine-tuning a new run from its weights"
+            )
             args.resume = None
     else:
-        overrides = {} if args.img_size is None else {"img_size": args.img_size}
-        if encoder is not None:
-            overrides["text_dim"] = encoder.dim
-        model = create_model(args.model, **overrides)
+        opened = open_model(
+            args.model, text_encoder=encoder, img_size=args.img_size, kinds=("registry",)
+        )
+    model = opened.model
     if args.init is not None:
         from src_models.engine.pretrain import load_pretrained_encoder
 
         info = load_pretrained_encoder(model, args.init)
         print(f"--init: loaded {info['loaded']}/{info['total']} encoder tensors from {args.init}")
-    size = int(model.img_size)
-    semi = args.semi == "epi"
+    train_set, val_set = _train_datasets(args, int(model.img_size))
+    recipe = _train_recipe(args)
+    labels = image_labels(train_set)
+    for epoch in sks_stage1(model, train_set, recipe, labels):
+        if epoch.epoch == 1:
+            known, n_neg = int((labels >= 0).sum()), int((labels == 0).sum())
+            print(f"SKS stage 1: classifier on {known} image-level labels ({n_neg} no lesion)")
+        print(
+            f"  classifier epoch {epoch.epoch}/{recipe.classifier.epochs}: BCE {epoch.loss:.4f}, "
+            f"accuracy {epoch.accuracy:.3f}"
+        )
+    if recipe.semi is not None:
+        if args.resume is not None and Path(args.resume).resolve() != Path(args.out).resolve():
+            raise ValueError("with --semi epi, --resume must name the run's --out checkpoint")
+        trainer = build_trainer(
+            model,
+            train_set,
+            val_set,
+            encoder,
+            recipe,
+            no_lesion=no_lesion_names(train_set, labels),
+            templates=args.templates,
+            resume=args.resume,
+        )
+        return _fit_semi(trainer)
+    trainer = build_trainer(model, train_set, val_set, encoder, recipe, resume=args.resume)
+    return _fit(trainer, steps=-(-len(train_set) // args.batch_size) * args.epochs)
+
+
+def _train_datasets(args, size: int):
+    """``train``'s training set (with ``--labeled-fraction``, EPI or CLCC: the images without
+    their masks too) and validation set."""
+    from src_models.data.dataset import SegmentationDataset
+
     if not 0.0 < args.labeled_fraction <= 1.0:
         raise ValueError(f"--labeled-fraction must be in (0, 1], got {args.labeled_fraction}")
-    use_unlabeled = semi or args.clcc
+    augment = not args.no_augment
+    use_unlabeled = args.semi == "epi" or args.clcc
     if use_unlabeled or args.labeled_fraction < 1.0:
         from src_models.data.dataset import scan_split
-        from src_models.engine.epi import split_labeled
+        from src_models.engine.semi import split_labeled
 
         records = scan_split(args.data, require_masks=not use_unlabeled)
         labeled, unlabeled = split_labeled(records, args.labeled_fraction, seed=args.seed)
         records = labeled + unlabeled if use_unlabeled else labeled
-        print(
-            f"{len(labeled)} labeled images"
-            + (
-                f", {len(unlabeled)} without masks"
-                if use_unlabeled
-                else f" ({len(unlabeled)} left out)"
-            )
-        )
+        rest = f", {len(unlabeled)} without masks" if use_unlabeled else None
+        print(f"{len(labeled)} labeled images" + (rest or f" ({len(unlabeled)} left out)"))
         train_set = SegmentationDataset(
-            records, size, augment=not args.no_augment, seed=args.seed, require_masks=False
+            records, size, augment=augment, seed=args.seed, require_masks=False
         )
     else:
-        train_set = SegmentationDataset(
-            args.data, size, augment=not args.no_augment, seed=args.seed
-        )
+        train_set = SegmentationDataset(args.data, size, augment=augment, seed=args.seed)
     val_set = SegmentationDataset(args.val, size) if args.val else None
-    config = TrainConfig(
+    return train_set, val_set
+
+
+def _train_recipe(args):
+    """The :class:`~src_models.engine.recipe.TrainingRecipe` of ``train``'s arguments."""
+    from src_models.engine.recipe import TrainingRecipe
+    from src_models.engine.sks import ClassifierConfig
+    from src_models.engine.trainer import TrainConfig
+
+    semi = clcc = classifier = None
+    if args.semi == "epi":
+        from src_models.engine.semi import SemiConfig
+
+        semi = SemiConfig(
+            rounds=args.rounds,
+            round0_epochs=args.epochs,
+            round_epochs=args.round_epochs,
+            beta=args.beta,
+            schedule=args.epi_schedule,
+            unlabeled_weight=args.unlabeled_weight,
+            margin=args.margin,
+            lv_weight=args.lv_weight,
+            pseudo_dir=None if args.pseudo_dir is None else str(args.pseudo_dir),
+        )
+    if args.clcc:
+        from src_models.engine.clcc import CLCCConfig
+
+        clcc = CLCCConfig(grid=args.clcc_grid, images=args.clcc_images)
+    if not args.resume and args.sks_epochs > 0:  # SKS models: stage 1 on image-level labels
+        classifier = ClassifierConfig(
+            epochs=args.sks_epochs,
+            batch_size=max(2, args.batch_size),
+            seed=args.seed,
+            device=args.device,
+        )
+    train = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -339,22 +379,16 @@ def cmd_train(args) -> int:
         use_text=not args.no_text,
         out=args.out,
     )
-    no_lesion = _sks_stage1(args, model, train_set)
-    if semi:
-        return _train_semi(args, model, train_set, val_set, encoder, config, no_lesion)
-    if args.clcc:
-        from src_models.engine.clcc import CLCCConfig, CLCCTrainer
+    return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)
 
-        clcc = CLCCConfig(grid=args.clcc_grid, images=args.clcc_images)
-        trainer = CLCCTrainer(
-            model, train_set, val_set, encoder, config, resume=args.resume, clcc=clcc
-        )
-    else:
-        trainer = Trainer(
-            model, train_set, val_set, text_encoder=encoder, config=config, resume=args.resume
-        )
-    steps = -(-len(train_set) // args.batch_size)
-    bar = tqdm(total=steps * args.epochs, unit="step", dynamic_ncols=True)
+
+def _fit(trainer, steps: int) -> int:
+    """Run a supervised (or CLCC) trainer with a progress bar of ``steps`` steps."""
+    from tqdm import tqdm
+
+    from src_models.engine.events import BatchEnd, CheckpointSaved, EpochEnd, ValidationEnd
+
+    bar = tqdm(total=steps, unit="step", dynamic_ncols=True)
     done = None
     for event in trainer.fit():
         if isinstance(event, BatchEnd):
@@ -370,38 +404,6 @@ def cmd_train(args) -> int:
     bar.close()
     print(f"done: {done}")
     return 0
-
-
-def _sks_stage1(args, model, train_set) -> list[str]:
-    """SKS models: stage 1 on the image-level labels (unless resuming or ``--sks-epochs 0``).
-
-    Returns the names of the training images labeled "no lesion" (their pseudo labels are
-    forced empty in EPI rounds); for any model, not only SKS ones.
-    """
-    from src_models.engine.sks import ClassifierConfig, image_labels, train_classifier
-
-    labels = image_labels(train_set)
-    has = train_set.has_mask
-    no_lesion = [
-        n for n, y, h in zip(train_set.names, labels, has, strict=True) if y == 0 and not h
-    ]
-    if not hasattr(model, "classifier_training") or args.resume or args.sks_epochs <= 0:
-        return no_lesion
-    known = int((labels >= 0).sum())
-    n_neg = int((labels == 0).sum())
-    print(f"SKS stage 1: classifier on {known} image-level labels ({n_neg} no lesion)")
-    cfg = ClassifierConfig(
-        epochs=args.sks_epochs,
-        batch_size=max(2, args.batch_size),
-        seed=args.seed,
-        device=args.device,
-    )
-    for epoch in train_classifier(model, train_set, cfg, labels=labels):
-        print(
-            f"  classifier epoch {epoch.epoch}/{cfg.epochs}: BCE {epoch.loss:.4f}, "
-            f"accuracy {epoch.accuracy:.3f}"
-        )
-    return no_lesion
 
 
 def cmd_pretrain(args) -> int:
@@ -437,38 +439,13 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def _train_semi(args, model, train_set, val_set, encoder, config, no_lesion=()) -> int:
-    """``train --semi epi``: rounds of EPI + LV (src_models.engine.epi), printed as they go."""
+def _fit_semi(trainer) -> int:
+    """``train --semi epi``: rounds of EPI + LV (src_models.engine.semi), printed as they go."""
     from tqdm import tqdm
 
-    from src_models.engine.epi import SemiConfig, SemiDone, SemiTrainer, format_semi_event
     from src_models.engine.events import BatchEnd, FitStart
+    from src_models.engine.semi import SemiDone, format_semi_event
 
-    if args.resume is not None and Path(args.resume).resolve() != Path(args.out).resolve():
-        raise ValueError("with --semi epi, --resume must name the run's --out checkpoint")
-    semi = SemiConfig(
-        rounds=args.rounds,
-        round0_epochs=args.epochs,
-        round_epochs=args.round_epochs,
-        beta=args.beta,
-        schedule=args.epi_schedule,
-        unlabeled_weight=args.unlabeled_weight,
-        margin=args.margin,
-        lv_weight=args.lv_weight,
-        pseudo_dir=None if args.pseudo_dir is None else str(args.pseudo_dir),
-        clcc={"grid": args.clcc_grid, "images": args.clcc_images} if args.clcc else None,
-    )
-    trainer = SemiTrainer(
-        model,
-        train_set,
-        val_set,
-        encoder,
-        config,
-        semi,
-        no_lesion=no_lesion,
-        templates=args.templates,
-        resume=args.resume is not None,
-    )
     bar = None
     done = None
     for event in trainer.fit():
@@ -533,9 +510,57 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def retrain_config(args):
+    """The :class:`RetrainConfig` of ``retrain`` arguments: ``--config`` (a file, or ``-`` for
+    stdin), then the flags given on the command line."""
+    from src_models.dataclass_io import overrides_from_args
+    from src_models.project.retrain_config import RetrainConfig
+
+    base: dict = {}
+    if args.config is not None:
+        if args.config == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(args.config).read_text(encoding="utf-8")
+        base = RetrainConfig.from_json(text).to_dict()
+    return RetrainConfig.from_dict({**base, **overrides_from_args(args, RetrainConfig)})
+
+
 def cmd_retrain(args) -> int:
     """Run rounds; SIGTERM/SIGINT cancel between events (the round is recorded as cancelled)
     and the exit code is 128 + the signal number (143 / 130); a failed round exits with 1."""
+    with _event_lines(args.jsonl) as emit:
+        return _run_retrain(args, emit)
+
+
+@contextlib.contextmanager
+def _event_lines(jsonl: bool):
+    """``emit(obj)``: with ``jsonl``, one JSON line on stdout, which carries nothing else while
+    the block runs (everything else printed goes to stderr); without, nothing."""
+    if not jsonl:
+        yield lambda obj: None
+        return
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+    saved = sys.stdout
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), saved.fileno())
+    sys.stdout = sys.stderr
+
+    def emit(obj: dict) -> None:
+        out.write(json.dumps(obj, allow_nan=False) + "\n")
+        out.flush()
+
+    try:
+        yield emit
+    finally:
+        out.flush()
+        sys.stderr.flush()
+        os.dup2(out.fileno(), saved.fileno())
+        sys.stdout = saved
+        out.close()
+
+
+def _run_retrain(args, emit) -> int:
     import signal
 
     from src_models.project.retrain import (
@@ -547,39 +572,11 @@ def cmd_retrain(args) -> int:
         retrain,
     )
 
-    if args.jsonl:
-        # stdout carries only the JSON lines: everything else printed goes to stderr
-        out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
-        sys.stdout.flush()
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-        sys.stdout = sys.stderr
-
-        def emit(obj: dict) -> None:
-            out.write(json.dumps(obj, allow_nan=False) + "\n")
-            out.flush()
-    else:
-        out = None
-
-        def emit(obj: dict) -> None:
-            pass
-
-    run = retrain(
-        args.project,
-        rounds=args.rounds,
-        epochs=args.epochs,
-        model=args.model,
-        device=args.device,
-        img_size=args.img_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        semi=args.semi,
-        from_scratch=args.from_scratch,
-        replace_if_worse=args.replace_if_worse,
-        num_threads=args.threads,
-        clcc=args.clcc,
-        clcc_grid=args.clcc_grid,
-    )
+    try:
+        run = retrain(args.project, config=retrain_config(args))
+    except (ValueError, FileNotFoundError) as exc:
+        emit({"type": "Error", "message": str(exc)})
+        raise
     received: list[int] = []
 
     def on_signal(signum, frame) -> None:
@@ -606,8 +603,6 @@ def cmd_retrain(args) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if out is not None:
-            out.flush()
     if received:
         return 128 + int(received[0])
     if isinstance(last, RetrainDone) and last.status == "done":

@@ -26,9 +26,12 @@ from torch import nn
 from src_models.data.io import to_float01
 from src_models.data.transforms import resize_image, resize_prob
 from src_models.device import autocast, resolve_device
+from src_models.model_source import (  # noqa: F401 (DEFAULT_CHECKPOINT: re-exported)
+    DEFAULT_CHECKPOINT,
+    open_model,
+    resolve_checkpoint,
+)
 from src_models.text import TextEncoder, validate_text
-
-DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "default.safetensors"
 
 
 @dataclass(frozen=True)
@@ -45,49 +48,20 @@ class Prediction:
         return self.prob >= threshold
 
 
-def resolve_checkpoint(source: str | Path) -> Path | None:
-    """The checkpoint file that ``source`` names, or None if it names a registry model."""
-    if str(source) == "default":
-        if not DEFAULT_CHECKPOINT.is_file():
-            raise FileNotFoundError(
-                f"the default checkpoint is missing from the installation ({DEFAULT_CHECKPOINT})"
-            )
-        return DEFAULT_CHECKPOINT
-    path = Path(source).expanduser()
-    if path.suffix == ".safetensors" or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        return path
-    return None
-
-
 def load_model(
     source: str | Path, text_encoder: TextEncoder | None = None
 ) -> tuple[nn.Module, dict]:
-    """A model and its metadata from a checkpoint path, ``"default"`` or a registry name.
+    """A model and its metadata from a checkpoint path, ``"default"``, ``"auto"`` or a registry
+    name (:func:`~src_models.model_source.open_model`).
 
     A registry name gives an untrained model (with a warning): useful for trying the plumbing,
     not for real masks.
     """
-    from src_models.engine.checkpoint import load_checkpoint
-    from src_models.models import create_model, is_model, list_models
-
-    ckpt = resolve_checkpoint(source)
-    if ckpt is not None:
-        return load_checkpoint(ckpt, device="cpu")
-    name = str(source)
-    if not is_model(name):
-        raise ValueError(
-            f"{name!r} is neither a checkpoint file nor a registered model "
-            f"({', '.join(list_models())})"
-        )
-    overrides = {"text_dim": text_encoder.dim} if text_encoder is not None else {}
-    model = create_model(name, **overrides)
-    warnings.warn(f"model {name!r} is untrained: its masks are random", stacklevel=2)
-    meta = {"model_name": name, "model_config": model.model_config, "threshold": 0.5}
-    if text_encoder is not None and getattr(model, "uses_text", False):
-        meta["text_encoder"] = text_encoder.id
-    return model, meta
+    opened = open_model(source, text_encoder=text_encoder)
+    if opened.new:
+        name = opened.meta["model_name"]
+        warnings.warn(f"model {name!r} is untrained: its masks are random", stacklevel=2)
+    return opened.model, opened.meta
 
 
 def model_version(model: nn.Module) -> tuple[int, int]:

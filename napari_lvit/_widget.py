@@ -5,10 +5,20 @@ a Labels layer aligned with the image (same scale, translate and affine). A thre
 re-cuts the last probability map without running the model again. Once a model is loaded, a
 description is encoded in the background while it is typed (after a short pause), so pressing
 Segment runs only the image and fusion parts of the model.
+
+Other widgets build on it through a small public API (the annotation loop does): the
+``proposal_ready`` and ``proposal_recut`` signals, extra model choices resolved by a callable
+(:meth:`SegmentWidget.set_model_sources`), hooks that may take over Segment
+(``segment_hook``), choose the model's input plane (``plane_provider``) or prepare the thread
+that predicts (``thread_setup``), and :meth:`SegmentWidget.predictor`,
+:meth:`SegmentWidget.proposal_layer`, :meth:`SegmentWidget.adopt_proposal` for work they run
+themselves.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +35,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
+from psygnal import Signal
 
 if TYPE_CHECKING:
     import napari
@@ -45,6 +56,16 @@ def model_choices() -> list[str]:
     return [*shipped, *list_models(), FROM_FILE]
 
 
+def wrap_to_width(label):
+    """Let a QLabel wrap its text at whatever width the dock has: a long message then takes
+    more lines instead of widening the dock (and squeezing the canvas). Returns the label."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
 def image_plane(layer: Image, current_step: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
     """The 2D plane of ``layer`` shown at ``current_step``, and its index into the layer.
 
@@ -63,18 +84,34 @@ def image_plane(layer: Image, current_step: tuple[int, ...]) -> tuple[np.ndarray
     return plane, index
 
 
+PlaneProvider = Callable[[Image, tuple], tuple[np.ndarray, tuple]]
+
+
 class SegmentWidget(Container):
     """Dock widget: Model, Device, Image, Description, Segment, Threshold."""
+
+    #: a proposal was written to its Labels layer: (image layer, index into it, Prediction)
+    proposal_ready = Signal(object, object, object)
+    #: the threshold slider re-cut the shown proposal: (labels layer, index into it)
+    proposal_recut = Signal(object, object)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._predictors: dict[tuple[str, str], Predictor] = {}
+        self._predictor_lock = threading.Lock()
         self._last: tuple[Labels, tuple, Prediction] | None = None
         self._last_threshold = 0.5
         self._worker = None
         self._typing_timer = None  # a QTimer, made on the first keystroke
+        self._model_sources: dict[str, Callable[[], str]] = {}
         self.run_synchronously = False  # tests flip this to run the model on the calling thread
+        #: called first by :meth:`segment`; returning True means it handled (or refused) it
+        self.segment_hook: Callable[[], bool] | None = None
+        #: (image layer, viewer's current step) -> (model input plane, index into the layer)
+        self.plane_provider: PlaneProvider = image_plane
+        #: called on the thread that predicts next, once its predictor is ready
+        self.thread_setup: Callable[[], None] | None = None
 
         self.model = ComboBox(label="Model", choices=model_choices())
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors")
@@ -97,6 +134,13 @@ class SegmentWidget(Container):
             ]
         )
         self.checkpoint.visible = False
+        wrap_to_width(self.status.native)
+        # as wide as the dock allows, not as the longest choice (that would widen the dock)
+        policy = self.model.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        self.model.native.setSizeAdjustPolicy(policy)
+        self.model.native.setMinimumContentsLength(14)
+        lines = self.text.native.fontMetrics().lineSpacing()
+        self.text.native.setMaximumHeight(5 * lines + 12)  # a report of a few lines
         self.model.changed.connect(self._on_model_changed)
         self.image.changed.connect(self._on_image_changed)
         self.segment_button.changed.connect(self.segment)
@@ -113,6 +157,11 @@ class SegmentWidget(Container):
     # --- state -------------------------------------------------------------------------
     @property
     def model_source(self) -> str:
+        """The chosen model: a registry name, ``default`` or a checkpoint path. Raises
+        ``ValueError`` (with a message for the user) when the choice cannot be used yet."""
+        resolve = self._model_sources.get(self.model.value)
+        if resolve is not None:
+            return resolve()
         if self.model.value == FROM_FILE:
             path = Path(self.checkpoint.value).expanduser()
             if not path.is_file():
@@ -123,6 +172,27 @@ class SegmentWidget(Container):
     @property
     def busy(self) -> bool:
         return self._worker is not None
+
+    @property
+    def last_prediction(self) -> Prediction | None:
+        """The prediction behind the proposal shown last (``None`` before the first)."""
+        return self._last[2] if self._last is not None else None
+
+    def set_model_sources(self, sources: Mapping[str, Callable[[], str]]) -> None:
+        """Offer extra model choices first in the list, each resolved to a model source by a
+        callable when used (it raises ``ValueError`` when it has none yet)."""
+        self._model_sources = dict(sources)
+        current = self.model.value
+        choices = [*self._model_sources, *model_choices()]
+        self.model.choices = choices
+        if current in choices:
+            self.model.value = current
+
+    def track(self, worker) -> None:
+        """Count a worker started elsewhere (e.g. a whole-volume run) as this widget's work:
+        busy until it finishes."""
+        self._worker = worker
+        worker.finished.connect(self._on_finished)
 
     def _refresh_images(self, event=None) -> None:
         self.image.reset_choices()
@@ -174,25 +244,41 @@ class SegmentWidget(Container):
             return None
         return self._predictors.get(key)
 
-    def _set_busy(self, message: str | None) -> None:
+    def set_busy(self, message: str | None) -> None:
+        """Disable Segment and show ``message`` while working; ``None`` enables it again."""
         self.segment_button.enabled = message is None
         self.segment_button.text = "Segment" if message is None else "Working…"
         if message is not None:
             self.status.value = message
 
     # --- segmentation ------------------------------------------------------------------
-    def _predictor(self, source: str, device: str) -> Predictor:
+    def predictor(self, source: str, device: str) -> Predictor:
+        """The model for ``source`` on ``device``, built on first use (one in memory at a
+        time); safe to call from several workers at once. Runs ``thread_setup`` after."""
         from src_models.inference import Predictor
 
         key = (source, device)
-        if key not in self._predictors:
-            self._predictors.clear()  # one model in memory at a time
-            self._predictors[key] = Predictor(source, device=device)
-        return self._predictors[key]
+        # Workers (proposal, preload, suggestions) may ask at once: build each model once, and
+        # never import transformers from two threads at the same time.
+        with self._predictor_lock:
+            if key not in self._predictors:
+                self._predictors.clear()
+                self._predictors[key] = Predictor(source, device=device)
+            predictor = self._predictors[key]
+        if self.thread_setup is not None:
+            self.thread_setup()
+        return predictor
+
+    def clear_models(self) -> None:
+        """Forget the loaded model (e.g. its checkpoint file was replaced)."""
+        with self._predictor_lock:
+            self._predictors.clear()
 
     def segment(self) -> None:
         """Run the model on the shown plane of the chosen image and show the proposal."""
         if self.busy:
+            return
+        if self.segment_hook is not None and self.segment_hook():
             return
         layer = self.image.value
         if layer is None:
@@ -201,7 +287,7 @@ class SegmentWidget(Container):
         text = self.text.value.strip()
         try:
             source = self.model_source
-            plane, index = self._plane(layer)
+            plane, index = self.plane_provider(layer, self._viewer.dims.current_step)
         except ValueError as exc:
             show_error(str(exc))
             self.status.value = str(exc)
@@ -210,15 +296,15 @@ class SegmentWidget(Container):
         threshold = float(self.threshold.value)
 
         def job() -> Prediction:
-            predictor = self._predictor(source, device)
+            predictor = self.predictor(source, device)
             return predictor.predict(plane, text or None, threshold=threshold)
 
-        self._set_busy(f"Segmenting with {Path(source).name}…")
+        self.set_busy(f"Segmenting with {Path(source).name}…")
         if self.run_synchronously:
             try:
                 result = job()
             except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
-                self._on_error(exc)
+                self.report_error(exc)
             else:
                 self._on_done(layer, index, result)
             return
@@ -226,38 +312,48 @@ class SegmentWidget(Container):
 
         worker = create_worker(job)
         worker.returned.connect(lambda result: self._on_done(layer, index, result))
-        worker.errored.connect(self._on_error)
+        worker.errored.connect(self.report_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
 
-    def _plane(self, layer: Image) -> tuple[np.ndarray, tuple]:
-        """The 2D input of the model and its index into the layer (a hook for subclasses)."""
-        return image_plane(layer, self._viewer.dims.current_step)
-
     def _on_finished(self) -> None:
         self._worker = None
 
-    def _on_error(self, exc: Exception) -> None:
-        self._set_busy(None)
+    def report_error(self, exc: Exception) -> None:
+        """Show a failed segmentation (a message, never a traceback) and enable Segment."""
+        self.set_busy(None)
         message = f"Segmentation failed: {exc}"
         self.status.value = message
         show_error(message)
 
     def _on_done(self, layer: Image, index: tuple, result: Prediction) -> None:
-        self._set_busy(None)
-        labels = self._proposal_layer(layer)
-        self._last = (labels, index, result)
-        self._last_threshold = result.threshold
+        labels = self.proposal_layer(layer)
         self._write(labels, index, result.mask)
         share = 100.0 * result.mask.mean()
-        self.status.value = (
-            f"Proposal: {share:.1f}% of the image at threshold {result.threshold:.2f}"
+        self.adopt_proposal(
+            layer,
+            labels,
+            index,
+            result,
+            f"Proposal: {share:.1f}% of the image at threshold {result.threshold:.2f}",
         )
         if not result.mask.any():
             show_info("The model found nothing at this threshold; try a lower one.")
 
-    def _proposal_layer(self, image: Image) -> Labels:
+    def adopt_proposal(
+        self, image: Image, labels: Labels, index: tuple, result: Prediction, message: str
+    ) -> None:
+        """Take a proposal already written to ``labels`` (at ``index``) as the shown one: the
+        threshold slider re-cuts it, ``proposal_ready`` is emitted, Segment is enabled."""
+        self.set_busy(None)
+        self._last = (labels, index, result)
+        self._last_threshold = result.threshold
+        self.status.value = message
+        self.proposal_ready.emit(image, index, result)
+
+    def proposal_layer(self, image: Image) -> Labels:
+        """The Labels layer for proposals on ``image`` (made, aligned with it, when missing)."""
         name = image.name + PROPOSAL_SUFFIX
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
         if name in self._viewer.layers:
@@ -298,3 +394,4 @@ class SegmentWidget(Container):
             return
         self._write(labels, index, result.recut(float(threshold)))
         self._last_threshold = float(threshold)
+        self.proposal_recut.emit(labels, index)

@@ -56,14 +56,14 @@ def test_the_loop_open_segment_correct_commit_retrain_next(make_napari_viewer, q
     project_dir = images / ".napari-lvit"
     assert widget.project.folder == project_dir.resolve()
     assert [r.status for r in widget.records] == ["unlabeled"] * 4
-    assert widget.current.name == "synth_0000" and widget._image_layer.data.shape == (64, 64)
+    assert widget.current.name == "synth_0000" and widget.image_layer.data.shape == (64, 64)
 
     first_probs = []
     for k, text in enumerate(TEXTS):
         widget.seg.text.value = text
         _press(viewer, "Shift-S")  # Segment
-        labels = widget._labels_layer
-        first_probs.append(widget.seg._last[2].prob.copy())
+        labels = widget.labels_layer
+        first_probs.append(widget.seg.last_prediction.prob.copy())
         assert widget.project.image(widget.current).status == "proposed"
         # the user clears the proposal and paints the lesion with napari's brush
         _press(viewer, "Shift-E")  # Clear
@@ -105,7 +105,7 @@ def test_the_loop_open_segment_correct_commit_retrain_next(make_napari_viewer, q
     assert not widget.labels_edited()  # it shows its committed label
     widget.seg.segment()
     assert widget.project.latest_proposal(widget.current).model_version == current.stem
-    second = widget.seg._last[2].prob
+    second = widget.seg.last_prediction.prob
     assert np.abs(second - first_probs[0]).max() > 1e-3
 
     # a training process that dies (SIGKILL) is a message; every commit stays intact
@@ -115,7 +115,7 @@ def test_the_loop_open_segment_correct_commit_retrain_next(make_napari_viewer, q
     qtbot.waitUntil(
         lambda: any(e["type"] == "BatchEnd" for e in widget.retrain_events), timeout=60_000
     )
-    os.kill(widget._retrain_proc.processId(), signal.SIGKILL)
+    os.kill(widget.runner.process.processId(), signal.SIGKILL)
     qtbot.waitUntil(lambda: not widget.retraining, timeout=30_000)
     assert "stopped unexpectedly" in widget.seg.status.value
     assert "commits are safe" in widget.retrain_label.text()
@@ -132,11 +132,11 @@ def test_the_loop_open_segment_correct_commit_retrain_next(make_napari_viewer, q
     widget.project.set_text("synth_0002", TEXTS[0])
     widget.project.set_text("synth_0003", TEXTS[1])
     widget.suggest(go=True)
-    top = widget.suggested
+    top = widget.session.suggested
     assert top.name in {"synth_0002", "synth_0003"} and 0.0 < top.score <= 1.0
     assert widget.current.name == top.name
     assert f"{top.score:.3f}" in widget.suggest_label.text()
-    other = next(s for s in widget.scores.values() if s.name != top.name)  # only unlabelled
+    other = next(s for s in widget.session.scores.values() if s.name != top.name)  # only unlabelled
     assert other.name in {"synth_0002", "synth_0003"} and other.score <= top.score
 
 
@@ -156,20 +156,20 @@ def test_volume_slices_no_lesion_drafts_edits_and_thread_retrain(
     assert widget.open(folder)
     assert [r.name for r in widget.records] == ["ct", "xray"]
     vol = widget.current
-    assert vol.is_volume and widget._labels_layer.data.shape == (5, 48, 48)
+    assert vol.is_volume and widget.labels_layer.data.shape == (5, 48, 48)
 
     # whole volume, slice by slice
     widget.seg.text.value = "lesion in the lower left lung"
     widget.volume_check.setChecked(True)
     widget.seg.threshold.value = 0.01
     widget.seg.segment()
-    assert widget._labels_layer.data.any(axis=(1, 2)).all()
+    assert widget.labels_layer.data.any(axis=(1, 2)).all()
     assert widget.project.latest_proposal(vol).slice is None
     # the shown slice only: commit slice 2 after an edit
     widget.volume_check.setChecked(False)
     viewer.dims.set_current_step(0, 2)
-    widget._labels_layer.data[2] = 0
-    widget._labels_layer.data[2, 5:9, 5:9] = 1
+    widget.labels_layer.data[2] = 0
+    widget.labels_layer.data[2, 5:9, 5:9] = 1
     widget.commit()
     (c,) = widget.project.history(vol)
     assert c.slice == 2 and c.load_mask().sum() == 16
@@ -179,20 +179,20 @@ def test_volume_slices_no_lesion_drafts_edits_and_thread_retrain(
     assert widget.project.current_mask(vol, slice=0).sum() == 0
 
     # Segment over uncommitted edits needs a second press; Next keeps the edits as a draft
-    widget._labels_layer.data[1, 0:3, 0:3] = 0
-    before = np.asarray(widget._labels_layer.data).copy()
+    widget.labels_layer.data[1, 0:3, 0:3] = 0
+    before = np.asarray(widget.labels_layer.data).copy()
     widget.seg.segment()
     assert "uncommitted edits" in widget.seg.status.value
-    np.testing.assert_array_equal(widget._labels_layer.data, before)
+    np.testing.assert_array_equal(widget.labels_layer.data, before)
     widget.next_image()
-    assert widget.current.name == "xray" and vol.id in widget._drafts
+    assert widget.current.name == "xray" and vol.id in widget.session.drafts
     widget.previous_image()
-    np.testing.assert_array_equal(widget._labels_layer.data, before)
+    np.testing.assert_array_equal(widget.labels_layer.data, before)
     # Clear empties the shown slice, saves nothing
     viewer.dims.set_current_step(0, 1)
     n_commits = len(widget.project.history(vol))
     widget.clear()
-    assert not widget._labels_layer.data[1].any()
+    assert not widget.labels_layer.data[1].any()
     assert len(widget.project.history(vol)) == n_commits
 
     # errors are messages, never tracebacks
@@ -233,15 +233,19 @@ def test_annotate_command_opens_a_lvit_folder(tmp_path):
 
 
 def test_clcc_box_reaches_the_retrain_command(make_napari_viewer, tmp_path):
+    from napari_lvit._annotate.runner import retrain_command
     from src_models.cli import build_parser
+    from src_models.project.retrain import RetrainConfig
 
     images = write_dataset(tmp_path / "data", kind="qata", n=2, size=64) / "img"
     widget = _dock(make_napari_viewer())
     assert widget.open(images)
-    assert "--clcc" not in widget._retrain_cli_args()
+    assert not widget.retrain_config().clcc
     widget.clcc_check.setChecked(True)
-    args = build_parser().parse_args(widget._retrain_cli_args())
-    assert args.clcc and args.project == widget.project.folder
+    # what the training process gets: its command line, and the config as JSON on its stdin
+    args = build_parser().parse_args(retrain_command(widget.project.folder)[3:])
+    config = RetrainConfig.from_json(widget.retrain_config().to_json())
+    assert config.clcc and args.project == widget.project.folder
 
 
 def test_a_round_below_the_current_model_is_reported_and_not_loaded(make_napari_viewer, tmp_path):
@@ -249,7 +253,7 @@ def test_a_round_below_the_current_model_is_reported_and_not_loaded(make_napari_
     widget = _dock(make_napari_viewer())
     assert widget.open(images)
     before = widget.loaded_checkpoint
-    widget._on_retrain_event(
+    widget.runner.handle_event(
         {
             "type": "RetrainRoundEnd",
             "round_id": 3,

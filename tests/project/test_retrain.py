@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from retrain_cases import make_project  # (tests/ is on sys.path)
 
 from src_models.cli import main as cli_main
-from src_models.data.io import read_mask
 from src_models.data.synthetic import write_dataset
 from src_models.engine.checkpoint import read_checkpoint_meta
 from src_models.project import Project
@@ -38,20 +38,6 @@ CLI_TINY = ["--model", "lvit_tiny", "--img-size", "64", "--device", "cpu", "--th
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_project(tmp_path: Path, n: int = 5, labeled: int = 2) -> Path:
-    """A project from a synthetic LViT folder: every image has its text; ``labeled`` of them
-    are committed from their masks, one more is "no lesion", the rest are unlabelled."""
-    data = write_dataset(tmp_path / "data", kind="qata", n=n, size=64, seed=0)
-    project, how = open_workspace(data, tmp_path / "proj", with_masks=False)
-    assert how == "imported"
-    with project:
-        recs = project.images()
-        for rec in recs[:labeled]:
-            project.commit(rec, read_mask(data / "labelcol" / f"{rec.name}.png"), model_version="t")
-        project.commit_no_lesion(recs[labeled], model_version="t")
-    return tmp_path / "proj"
 
 
 def test_round_trains_records_and_makes_the_checkpoint_current(tmp_path):

@@ -12,42 +12,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from test_retrain import REPO, make_project  # (tests/project is on sys.path)
+from retrain_cases import FULL, make_project, recorded  # (tests/ is on sys.path)
+from test_retrain import REPO  # (tests/project is on sys.path)
 
 from src_models.cli import build_parser, retrain_config
 from src_models.cli import main as cli_main
 from src_models.dataclass_io import field_flags
-from src_models.project import Project
 from src_models.project.retrain import RetrainConfig, retrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-#: Every field away from its default (sks_lvit_tiny: SKS stage 1 runs too; 48 px for a 3x3 grid).
-FULL = RetrainConfig(
-    rounds=2,
-    epochs=2,
-    batch_size=3,
-    lr=1e-3,
-    min_lr=2e-5,
-    model="sks_lvit_tiny",
-    img_size=48,
-    device="cpu",
-    seed=3,
-    text_encoder="all-MiniLM-L6-v2",
-    val_fraction=0.5,
-    min_val=2,
-    semi="epi",
-    from_scratch=True,
-    augment=False,
-    num_threads=1,
-    clcc=True,
-    clcc_grid=3,
-    replace_if_worse=True,
-    semi_options={"beta": 0.9, "margin": 0.2},
-)
 
 
 def test_every_field_of_the_full_config_differs_from_its_default():
@@ -121,17 +96,6 @@ def test_the_retrain_flags_are_the_config_fields(tmp_path):
     assert cli_main(["retrain", str(tmp_path), "--config", str(path)]) == 2  # named, not dropped
 
 
-def _recorded(folder: Path) -> list[tuple[dict, dict]]:
-    """``(config, trainer)`` of each round, with the project folder replaced by ``<project>``."""
-    with Project.open(folder) as p:
-        rounds = p.rounds()
-        assert [r.status for r in rounds] == ["done"] * FULL.rounds
-        text = json.dumps([(r.metrics["config"], r.metrics["trainer"]) for r in rounds])
-    for path in {str(Path(folder).resolve()), str(folder)}:
-        text = text.replace(path, "<project>")
-    return [tuple(x) for x in json.loads(text)]
-
-
 def test_every_field_crosses_identically_in_a_thread_the_cli_and_a_process(tmp_path, capfd):
     thread, cli, proc = (make_project(tmp_path / name) for name in ("thread", "cli", "proc"))
     events = list(retrain(thread, config=FULL))
@@ -153,10 +117,10 @@ def test_every_field_crosses_identically_in_a_thread_the_cli_and_a_process(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1])["status"] == "done"
 
-    recorded = _recorded(thread)
-    assert _recorded(cli) == recorded
-    assert _recorded(proc) == recorded
-    for round_id, (config, trainer) in enumerate(recorded, start=1):
+    expected = recorded(thread)
+    assert recorded(cli) == expected
+    assert recorded(proc) == expected
+    for round_id, (config, trainer) in enumerate(expected, start=1):
         assert config == FULL.to_dict()
         train, semi, clcc, stage1 = (trainer[k] for k in ("train", "semi", "clcc", "classifier"))
         assert (train["epochs"], train["batch_size"], train["lr"]) == (2, 3, 1e-3)

@@ -5,6 +5,7 @@ progress bar and reaches the Segment widget through its public API only."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,16 @@ class Jobs:
     def __init__(self, synchronous: Callable[[], bool]) -> None:
         self._synchronous = synchronous
         self._running: dict[str, Any] = {}
+
+    def stop_all(self, *_args: Any) -> None:
+        """Ask every running job to stop and drop its callbacks (the widget is going away:
+        a late result must not reach a deleted progress bar or layer)."""
+        workers, self._running = list(self._running.values()), {}
+        for worker in workers:
+            for signal in (worker.yielded, worker.errored, worker.returned, worker.finished):
+                with contextlib.suppress(RuntimeError, TypeError):
+                    signal.disconnect()
+            worker.quit()
 
     def running(self, name: str | None = None) -> bool:
         """Whether the job ``name`` (any job, without a name) runs now."""

@@ -54,6 +54,7 @@ class AnnotationWidget(AnnotationView):
         self.retrain_options: dict[str, Any] = {}
         self.segment_on_open = True
         self.jobs = Jobs(lambda: self.run_synchronously)
+        self.destroyed.connect(self.jobs.stop_all)
         progress = Progress(self.work_bar)
         self.volumes = VolumeSegmentation(seg, self.jobs, progress)
         self.suggestions = Suggestions(self.session, seg, self.jobs, progress, self.suggest_label)

@@ -20,6 +20,7 @@ DEFAULT_ENCODER = "default"
 DEFAULT_ENCODER_ID = "all-MiniLM-L6-v2"
 # Names under which checkpoints and users refer to the bundled encoder.
 _BUNDLED_NAMES = {DEFAULT_ENCODER, DEFAULT_ENCODER_ID, "sentence-transformers/all-MiniLM-L6-v2"}
+_IMPORT_LOCK = threading.Lock()
 MAX_TEXT_CHARS = 4000
 
 
@@ -81,8 +82,9 @@ class TextEncoder:
         device: str | torch.device = "cpu",
         cache_size: int = 4096,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        with _IMPORT_LOCK:  # transformers' lazy module is not safe to import from two threads
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
 

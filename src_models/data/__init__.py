@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "DatasetError": "dataset",
+    "DatasetError": "tables",
     "SegmentationDataset": "dataset",
     "SegmentationRecord": "dataset",
     "collate": "dataset",
-    "find_text_table": "dataset",
-    "read_text_table": "dataset",
+    "find_text_table": "tables",
+    "read_text_table": "tables",
     "scan_split": "dataset",
     "IMAGE_SUFFIXES": "io",
     "ImageReadError": "io",

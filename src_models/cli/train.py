@@ -1,37 +1,8 @@
-"""``napari-lvit``: every GUI action has a command-line twin.
-
-    napari-lvit synth OUT --kind qata --n 200 --size 224 --seed 0
-    napari-lvit train DATA --val VAL --model lvit_s --epochs 20 --out model.safetensors
-    napari-lvit train DATA --val VAL --labeled-fraction 0.25 --semi epi --out semi.safetensors
-    napari-lvit predict CKPT IMAGE --text "..." --out mask.tif
-    napari-lvit evaluate CKPT DATA --json
-    napari-lvit retrain PROJECT --rounds 1 --epochs 5 --jsonl
-    napari-lvit retrain PROJECT --config - --jsonl < config.json   # RetrainConfig.to_json()
-    napari-lvit pretrain DATA --out pre.safetensors --epochs 20 --model lvit_s
-    napari-lvit train DATA --init pre.safetensors --labeled-fraction 0.1 --semi epi --clcc ...
-
-The GUI commands (``demo``, ...) are added by ``napari_lvit._cli``, the console script.
-"""
+"""``napari-lvit train`` (supervised, EPI semi-supervised, CLCC, SKS) and ``pretrain``."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import os
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-
-
-def _add_synth(sub) -> None:
-    p = sub.add_parser("synth", help="write a synthetic dataset in the LViT folder layout")
-    p.add_argument("out", type=Path)
-    p.add_argument("--kind", choices=["qata", "referring"], default="qata")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth)
 
 
 def _add_train(sub) -> None:
@@ -113,33 +84,6 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="segment one image from a text")
-    p.add_argument("checkpoint", help="checkpoint file or 'default'")
-    p.add_argument("image", type=Path)
-    p.add_argument("--text", default=None)
-    p.add_argument("--out", type=Path, required=True, help="mask file (.tif or .png)")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--prob-out", type=Path, help="also write the probability map (.tif)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_predict)
-
-
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="Dice and IoU of a checkpoint on a labelled folder")
-    p.add_argument("checkpoint", help="checkpoint file or 'default'")
-    p.add_argument("data", type=Path)
-    p.add_argument("--json", action="store_true", help="print JSON (dice, iou, n, per_image)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-text", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
-
-
-def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the registered models")
-    p.set_defaults(func=cmd_models)
-
-
 def _add_clcc_options(parser) -> None:
     """``--clcc`` and ``--clcc-grid`` of ``train`` (``retrain`` has them from RetrainConfig)."""
     parser.add_argument(
@@ -149,31 +93,6 @@ def _add_clcc_options(parser) -> None:
         "uses the images without masks too, with or without EPI",
     )
     parser.add_argument("--clcc-grid", type=int, default=2, help="CLCC grid side n (n x n patches)")
-
-
-def _add_retrain(sub) -> None:
-    from src_models.dataclass_io import add_arguments
-    from src_models.project.retrain_config import RetrainConfig
-
-    p = sub.add_parser(
-        "retrain",
-        help="retraining rounds on an annotation project (its commits and unlabelled images)",
-        description="Settings come from --config (a RetrainConfig as JSON) and then from the "
-        "flags given, which override it.",
-    )
-    p.add_argument("project", type=Path, help="project folder (holds project.sqlite)")
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="a RetrainConfig as JSON (RetrainConfig.to_json()); '-' reads it from stdin",
-    )
-    p.add_argument(
-        "--jsonl",
-        action="store_true",
-        help="print one JSON object per event per line on stdout (for the napari widget)",
-    )
-    add_arguments(p.add_argument_group("settings (RetrainConfig fields)"), RetrainConfig)
-    p.set_defaults(func=cmd_retrain)
 
 
 def _add_pretrain(sub) -> None:
@@ -198,56 +117,6 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_pretrain)
-
-
-COMMANDS = (
-    _add_synth,
-    _add_train,
-    _add_predict,
-    _add_evaluate,
-    _add_models,
-    _add_retrain,
-    _add_pretrain,
-)
-
-
-def build_parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
-    """The parser; ``extra_commands`` add subcommands (the napari side adds its GUI ones)."""
-    parser = argparse.ArgumentParser(prog="napari-lvit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (*COMMANDS, *extra_commands):
-        add(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None, extra_commands: Sequence[Callable] = ()) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = build_parser(extra_commands).parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"napari-lvit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-# --- commands ------------------------------------------------------------------------------
-def cmd_synth(args) -> int:
-    from src_models.data.synthetic import write_dataset
-
-    out = write_dataset(args.out, kind=args.kind, n=args.n, size=args.size, seed=args.seed)
-    print(f"wrote {args.n} {args.kind} samples to {out}")
-    return 0
-
-
-def cmd_models(args) -> int:
-    from src_models.models import list_models
-
-    print("\n".join(list_models()))
-    return 0
 
 
 def cmd_train(args) -> int:
@@ -406,39 +275,6 @@ def _fit(trainer, steps: int) -> int:
     return 0
 
 
-def cmd_pretrain(args) -> int:
-    from src_models.engine.pretrain import PretrainConfig, Pretrainer, pretrain_dataset
-    from src_models.models import create_model
-    from src_models.text import TextEncoder
-
-    encoder = None if args.no_text else TextEncoder(args.text_encoder)
-    overrides = {} if args.img_size is None else {"img_size": args.img_size}
-    probe = create_model(args.model, **overrides)
-    if encoder is not None and getattr(probe, "uses_text", False):
-        overrides["text_dim"] = encoder.dim
-        probe = create_model(args.model, **overrides)
-    data = pretrain_dataset(args.data, int(probe.img_size), in_chans=int(probe.in_chans))
-    cfg = PretrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        bt_weight=args.bt_weight,
-        nce_weight=args.nce_weight,
-        seed=args.seed,
-        device=args.device,
-    )
-    pre = Pretrainer(probe, data, encoder, cfg)
-    print(f"pretraining {args.model} on {len(data)} images ({pre.n_text} with a text)")
-    for epoch in pre.fit():
-        print(
-            f"epoch {epoch.epoch}/{epoch.epochs}: loss {epoch.loss:.4f} (barlow {epoch.barlow:.4f}"
-            f", infonce {epoch.nce:.4f}), {epoch.seconds:.1f} s"
-        )
-    path = pre.save(args.out)
-    print(f"wrote {path}")
-    return 0
-
-
 def _fit_semi(trainer) -> int:
     """``train --semi epi``: rounds of EPI + LV (src_models.engine.semi), printed as they go."""
     from tqdm import tqdm
@@ -472,145 +308,34 @@ def _fit_semi(trainer) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    import numpy as np
-
-    from src_models.data.io import read_image, write_mask
-    from src_models.inference import Predictor
-
-    predictor = Predictor(args.checkpoint, device=args.device)
-    image = read_image(args.image)
-    if image.ndim == 3 and image.shape[-1] not in (3, 4):
-        raise ValueError(f"{args.image} is a volume of shape {image.shape}: give a 2D image")
-    result = predictor.predict(image, args.text, threshold=args.threshold)
-    write_mask(args.out, result.mask)
-    if args.prob_out:
-        import tifffile
-
-        tifffile.imwrite(args.prob_out, result.prob.astype(np.float32))
-    print(f"wrote {args.out}: {100 * result.mask.mean():.2f}% of the image")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from src_models.data.dataset import SegmentationDataset
-    from src_models.engine.evaluate import evaluate
-    from src_models.inference import load_model
+def cmd_pretrain(args) -> int:
+    from src_models.engine.pretrain import PretrainConfig, Pretrainer, pretrain_dataset
+    from src_models.models import create_model
     from src_models.text import TextEncoder
 
-    model, meta = load_model(args.checkpoint)
-    use_text = bool(model.uses_text) and not args.no_text and meta.get("text_encoder")
-    encoder = TextEncoder(meta["text_encoder"]) if use_text else None
-    dataset = SegmentationDataset(args.data, int(model.img_size))
-    result = evaluate(model, dataset, text_encoder=encoder, device=args.device)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"Dice {result['dice']:.4f}  IoU {result['iou']:.4f}  n={result['n']}")
-    return 0
-
-
-def retrain_config(args):
-    """The :class:`RetrainConfig` of ``retrain`` arguments: ``--config`` (a file, or ``-`` for
-    stdin), then the flags given on the command line."""
-    from src_models.dataclass_io import overrides_from_args
-    from src_models.project.retrain_config import RetrainConfig
-
-    base: dict = {}
-    if args.config is not None:
-        if args.config == "-":
-            text = sys.stdin.read()
-        else:
-            text = Path(args.config).read_text(encoding="utf-8")
-        base = RetrainConfig.from_json(text).to_dict()
-    return RetrainConfig.from_dict({**base, **overrides_from_args(args, RetrainConfig)})
-
-
-def cmd_retrain(args) -> int:
-    """Run rounds; SIGTERM/SIGINT cancel between events (the round is recorded as cancelled)
-    and the exit code is 128 + the signal number (143 / 130); a failed round exits with 1."""
-    with _event_lines(args.jsonl) as emit:
-        return _run_retrain(args, emit)
-
-
-@contextlib.contextmanager
-def _event_lines(jsonl: bool):
-    """``emit(obj)``: with ``jsonl``, one JSON line on stdout, which carries nothing else while
-    the block runs (everything else printed goes to stderr); without, nothing."""
-    if not jsonl:
-        yield lambda obj: None
-        return
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
-    saved = sys.stdout
-    sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), saved.fileno())
-    sys.stdout = sys.stderr
-
-    def emit(obj: dict) -> None:
-        out.write(json.dumps(obj, allow_nan=False) + "\n")
-        out.flush()
-
-    try:
-        yield emit
-    finally:
-        out.flush()
-        sys.stderr.flush()
-        os.dup2(out.fileno(), saved.fileno())
-        sys.stdout = saved
-        out.close()
-
-
-def _run_retrain(args, emit) -> int:
-    import signal
-
-    from src_models.project.retrain import (
-        RetrainDone,
-        RetrainError,
-        RetrainRoundEnd,
-        event_to_dict,
-        format_retrain_event,
-        retrain,
+    encoder = None if args.no_text else TextEncoder(args.text_encoder)
+    overrides = {} if args.img_size is None else {"img_size": args.img_size}
+    probe = create_model(args.model, **overrides)
+    if encoder is not None and getattr(probe, "uses_text", False):
+        overrides["text_dim"] = encoder.dim
+        probe = create_model(args.model, **overrides)
+    data = pretrain_dataset(args.data, int(probe.img_size), in_chans=int(probe.in_chans))
+    cfg = PretrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        bt_weight=args.bt_weight,
+        nce_weight=args.nce_weight,
+        seed=args.seed,
+        device=args.device,
     )
-
-    try:
-        run = retrain(args.project, config=retrain_config(args))
-    except (ValueError, FileNotFoundError) as exc:
-        emit({"type": "Error", "message": str(exc)})
-        raise
-    received: list[int] = []
-
-    def on_signal(signum, frame) -> None:
-        received.append(signum)
-        run.cancel()
-        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    last = None
-    try:
-        for event in run:
-            last = event
-            if args.jsonl:
-                emit(event_to_dict(event))
-            elif type(event).__name__ != "BatchEnd":
-                print(format_retrain_event(event), flush=True)
-    except (RetrainError, ValueError, FileNotFoundError, KeyError) as exc:
-        emit({"type": "Error", "message": str(exc)})
-        print(f"napari-lvit retrain: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        emit({"type": "Error", "message": f"{type(exc).__name__}: {exc}"})
-        raise
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        return 128 + int(received[0])
-    if isinstance(last, RetrainDone) and last.status == "done":
-        return 0
-    if isinstance(last, (RetrainDone, RetrainRoundEnd)) and last.status == "cancelled":
-        return 130
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    pre = Pretrainer(probe, data, encoder, cfg)
+    print(f"pretraining {args.model} on {len(data)} images ({pre.n_text} with a text)")
+    for epoch in pre.fit():
+        print(
+            f"epoch {epoch.epoch}/{epoch.epochs}: loss {epoch.loss:.4f} (barlow {epoch.barlow:.4f}"
+            f", infonce {epoch.nce:.4f}), {epoch.seconds:.1f} s"
+        )
+    path = pre.save(args.out)
+    print(f"wrote {path}")
+    return 0

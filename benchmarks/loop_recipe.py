@@ -139,6 +139,7 @@ def run_one(cfg: dict, train: list[dict], val: list[dict], encoder) -> dict:
     train_set = PatchDataset(
         [c["image"] for c in chosen], [c["mask"] for c in chosen], [c["text"] for c in chosen],
         res, samples_per_epoch=steps_per_epoch * bs, fg_fraction=cfg["fg"], augment=True,
+        color=cfg.get("color", 0.0),
         spatial_text=cfg["spatial_text"], seed=cfg["seed"],
     )  # fmt: skip
     val_set = None
@@ -270,6 +271,7 @@ def main(argv=None) -> None:
     p.add_argument("--patience", type=int, default=4, help="in validations (every --val-every)")
     p.add_argument("--val-every", type=int, default=50, help="steps per epoch")
     p.add_argument("--fg", type=float, nargs="+", default=[0.5])
+    p.add_argument("--color", type=float, nargs="+", default=[0.0], help="colour augmentation")
     p.add_argument("--spatial-text", type=int, nargs="+", default=[0], help="1: no flips/rot90")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--budget-s", type=float, default=None)
@@ -301,16 +303,16 @@ def main(argv=None) -> None:
     print("rule on 5 MoNuSeg tiles ->", rule, flush=True)
     grid = itertools.product(
         args.k, args.seed, args.mode, args.scale, args.patch, args.steps, args.batch, args.lr,
-        args.init, args.early_stop, args.fg, args.spatial_text,
+        args.init, args.early_stop, args.fg, args.spatial_text, args.color,
     )  # fmt: skip
-    for k, seed, mode, scale, patch, steps, batch, lr, init, es, fg, spatial in grid:
+    for k, seed, mode, scale, patch, steps, batch, lr, init, es, fg, spatial, color in grid:
         n_steps = max(args.min_steps, args.per_image * k) if steps == "rule" else int(steps)
         cfg = {
             "k": k, "seed": seed, "mode": mode, "scale": scale, "patch": patch,
             "steps": n_steps, "steps_rule": steps, "batch": batch, "lr": lr,
             "min_lr_ratio": args.min_lr_ratio, "init": init, "early_stop": bool(es),
             "holdout": args.holdout, "patience": args.patience, "val_every": args.val_every,
-            "fg": fg, "spatial_text": bool(spatial), "overlap": args.overlap,
+            "fg": fg, "spatial_text": bool(spatial), "color": color, "overlap": args.overlap,
             "budget_s": args.budget_s, "threads": args.threads, "tag": args.tag,
         }  # fmt: skip
         rec = run_one(cfg, train, val, encoder)
@@ -318,7 +320,7 @@ def main(argv=None) -> None:
                           "torch": torch.__version__, "note": "shared 2-core machine"}  # fmt: skip
         save(rec)
         short = {k2: cfg[k2] for k2 in ("k", "seed", "scale", "patch", "steps", "batch", "lr",
-                                         "init", "early_stop", "fg", "spatial_text")}  # fmt: skip
+                                         "init", "early_stop", "fg", "color")}  # fmt: skip
         print(
             f"{json.dumps(short)} -> Dice {rec['val_dice']:.4f}  steps {rec['steps_run']}  "
             f"train {rec['train_seconds']}s  score {rec['score_seconds']}s",

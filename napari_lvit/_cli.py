@@ -17,6 +17,9 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
+    from src_models.cli._checks import check_model_source
+
+    check_model_source(args.model)  # before napari opens
     from napari_lvit._demo import run_demo
 
     run_demo(model=args.model, block=not args.no_run, screenshot=args.screenshot)
@@ -41,6 +44,19 @@ def _add_annotate(sub) -> None:
 
 
 def _cmd_annotate(args) -> int:
+    from src_models.cli._checks import check_model_source
+    from src_models.errors import UserError
+
+    # What can be checked without a window is checked before napari opens.
+    what = "a project, an LViT split folder or a folder of images"
+    if args.path is not None and not args.path.exists():
+        raise UserError(f"{args.path} does not exist", hint=f"give {what}")
+    if args.path is not None and not args.path.is_dir():
+        raise UserError(f"{args.path} is a file, not a folder", hint=f"give {what}")
+    if args.project is not None and args.project.exists() and not args.project.is_dir():
+        raise UserError(f"--project {args.project} is a file", hint="give a folder")
+    if args.model is not None:
+        check_model_source(args.model)
     from napari_lvit._annotate import run_annotate
 
     run_annotate(args.path, project=args.project, model=args.model)

@@ -34,8 +34,10 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from psygnal import Signal
+
+from napari_lvit import _errors
 
 if TYPE_CHECKING:
     import napari
@@ -282,15 +284,14 @@ class SegmentWidget(Container):
             return
         layer = self.image.value
         if layer is None:
-            show_error("Open an image first.")
+            self.status.value = _errors.report_error("Open an image first.")
             return
         text = self.text.value.strip()
         try:
             source = self.model_source
             plane, index = self.plane_provider(layer, self._viewer.dims.current_step)
-        except ValueError as exc:
-            show_error(str(exc))
-            self.status.value = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
+            self.status.value = _errors.report_error(exc)
             return
         device = str(self.device.value)
         threshold = float(self.threshold.value)
@@ -321,15 +322,40 @@ class SegmentWidget(Container):
         self._worker = None
 
     def report_error(self, exc: Exception) -> None:
-        """Show a failed segmentation (a message, never a traceback) and enable Segment."""
+        """Show a failed segmentation (one line in napari's notifications, never a traceback)
+        and enable Segment."""
         self.set_busy(None)
-        message = f"Segmentation failed: {exc}"
-        self.status.value = message
-        show_error(message)
+        self.status.value = _errors.report_error(exc, "Segmentation failed")
 
     def _on_done(self, layer: Image, index: tuple, result: Prediction) -> None:
+        """Show a finished prediction, or, when it cannot be shown, say why and leave the
+        layers as they were (never a half-written proposal)."""
+        try:
+            self._show_proposal(layer, index, result)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
+            self.report_error(exc)
+
+    def _show_proposal(self, layer: Image, index: tuple, result: Prediction) -> None:
+        if layer not in self._viewer.layers:
+            self.set_busy(None)
+            self.status.value = "The image was closed before its proposal was ready."
+            return
+        spatial = layer.data.shape[:-1] if layer.rgb else layer.data.shape
+        expected = tuple(spatial[len(index) :])
+        if tuple(result.mask.shape) != expected:
+            raise ValueError(
+                f"the proposal has shape {tuple(result.mask.shape)} but the image plane has "
+                f"shape {expected}; nothing was changed"
+            )
+        name = layer.name + PROPOSAL_SUFFIX
+        created = name not in self._viewer.layers
         labels = self.proposal_layer(layer)
-        self._write(labels, index, result.mask)
+        try:
+            self._write(labels, index, result.mask)
+        except BaseException:
+            if created and labels in self._viewer.layers:
+                self._viewer.layers.remove(labels)
+            raise
         share = 100.0 * result.mask.mean()
         self.adopt_proposal(
             layer,

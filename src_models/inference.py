@@ -26,6 +26,7 @@ from torch import nn
 from src_models.data.io import to_float01
 from src_models.data.transforms import resize_image, resize_prob
 from src_models.device import autocast, resolve_device
+from src_models.inference_checks import MAX_PIXELS, check_threshold, guarded
 from src_models.model_source import (  # noqa: F401 (DEFAULT_CHECKPOINT: re-exported)
     DEFAULT_CHECKPOINT,
     open_model,
@@ -45,7 +46,7 @@ class Prediction:
 
     def recut(self, threshold: float) -> np.ndarray:
         """The mask at another threshold, without running the model again."""
-        return self.prob >= threshold
+        return self.prob >= check_threshold(threshold)
 
 
 def load_model(
@@ -134,6 +135,12 @@ class FeatureCache:
 class Predictor:
     """Runs a segmentation model on single 2D images.
 
+    Images larger than ``max_pixels`` (H x W; default
+    :data:`~src_models.inference_checks.MAX_PIXELS`, ``None``: no limit), images that are not
+    2D and thresholds outside [0, 1] are refused before anything is computed; NaN or infinite
+    probabilities (a broken model) raise
+    :class:`~src_models.inference_checks.PredictionError`.
+
     Args:
         model: checkpoint path, ``"default"``, registry name, or a built ``nn.Module``.
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
@@ -145,6 +152,8 @@ class Predictor:
         feature_cache_size: for models with ``supports_feature_reuse``, how many inputs keep
             their image features (LRU); 0 turns reuse off (every call runs the whole model).
     """
+
+    max_pixels: int | None = MAX_PIXELS
 
     def __init__(
         self,
@@ -177,7 +186,9 @@ class Predictor:
         self.text_encoder = text_encoder if self.uses_text else None
         self.model.to(self.device).eval()
         self.img_size: int = int(self.model.img_size)
-        self.threshold = float(self.meta.get("threshold", 0.5) if threshold is None else threshold)
+        self.threshold = check_threshold(
+            self.meta.get("threshold", 0.5) if threshold is None else threshold
+        )
         self.tile = tile
         self.tile_min_side = tile_min_side
         self.feature_cache = FeatureCache(feature_cache_size)
@@ -252,6 +263,7 @@ class Predictor:
         """Forget the cached image features (they are also dropped when the weights change)."""
         self.feature_cache.clear()
 
+    @guarded
     def predict_prob(self, image: np.ndarray, text: str | None = None) -> np.ndarray:
         """Probability map float32 ``[H, W]`` for a 2D image ``[H, W]`` or ``[H, W, C]``."""
         image = np.asarray(image)
@@ -275,6 +287,7 @@ class Predictor:
         prob = self._run(small[None], text, fingerprint)[0]
         return resize_prob(prob, (height, width)).astype(np.float32)
 
+    @guarded
     def predict(
         self, image: np.ndarray, text: str | None = None, threshold: float | None = None
     ) -> Prediction:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 
+from napari_lvit._errors import error_line
 from napari_lvit._widget import image_plane
 
 if TYPE_CHECKING:
@@ -134,7 +135,8 @@ class VolumeSegmentation:
 
     def run(self, image: Image, labels: Labels, source: str) -> None:
         """Segment every slice of ``image`` into ``labels``, showing each as it comes; the
-        result becomes the Segment widget's proposal (``proposal_ready``)."""
+        result becomes the Segment widget's proposal (``proposal_ready``). When a slice fails,
+        the labels are put back as they were."""
         from src_models.inference import Prediction
         from src_models.project.suggest import model_plane
 
@@ -146,6 +148,7 @@ class VolumeSegmentation:
         rng = self.value_range(image)
         n = int(data.shape[0])
         probs = np.zeros(data.shape[:3], np.float32)
+        before = np.array(labels.data, copy=True)  # put back if a slice fails
 
         def job():
             predictor = seg.predictor(source, device)
@@ -169,6 +172,8 @@ class VolumeSegmentation:
 
         def on_error(exc: Exception) -> None:
             self.progress.end()
+            labels.data[...] = before  # never a volume segmented half-way
+            labels.refresh()
             seg.report_error(exc)
 
         self.progress.begin(n, "segmenting slice %v of %m")
@@ -206,7 +211,7 @@ class Suggestions:
         try:
             source = seg.model_source
         except ValueError as exc:
-            self.failed.emit(str(exc))
+            self.failed.emit(error_line(exc))
             return
         records = self.session.to_score()
         if not records:
@@ -232,7 +237,7 @@ class Suggestions:
 
         def on_error(exc: Exception) -> None:
             self.progress.end()
-            self.failed.emit(f"Suggestion failed: {exc}")
+            self.failed.emit(error_line(exc, "Suggestion failed"))
 
         self.label.setText("Scoring the unlabelled images…")
         self.progress.begin(len(records), "scoring %v of %m images")

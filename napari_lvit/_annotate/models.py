@@ -96,7 +96,9 @@ class LoopModels:
             yield self.seg.predictor(str(path), device)
 
         def on_error(exc: Exception) -> None:
-            self.failed.emit(f"Could not load the new model: {exc}")
+            from napari_lvit._errors import error_line
+
+            self.failed.emit(error_line(exc, "Could not load the new model"))
 
         self.jobs.start("preload", job, lambda _: None, on_error, lambda: None)
         return path

@@ -184,7 +184,9 @@ class RetrainRunner(QObject):
 
         def on_error(exc: Exception) -> None:
             failed.append(exc)
-            self.handle_event({"type": "Error", "message": str(exc)})
+            from napari_lvit._errors import error_line
+
+            self.handle_event({"type": "Error", "message": error_line(exc)})
 
         worker = create_worker(job)
         worker.yielded.connect(self.handle_event)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from src_models.errors import describe
+
 if TYPE_CHECKING:
     from src_models.project import CommitRecord, ImageRecord, Project, ProposalRecord
     from src_models.project.retrain import RetrainConfig
@@ -133,7 +135,7 @@ class AnnotationSession:
         try:
             recover_stale_rounds(opened)
         except Exception as exc:  # noqa: BLE001 - housekeeping must not block opening
-            warning = f"Could not check earlier retraining rounds: {exc}"
+            warning = f"Could not check earlier retraining rounds: {describe(exc)[0]}"
         self.commits_since_retrain = 0
         self.refresh()
         return warning
@@ -286,7 +288,7 @@ class AnnotationSession:
             self.proposal_shown = np.asarray(shown).copy()
         except Exception as exc:  # noqa: BLE001 - the proposal is still on screen
             self.proposal = None
-            warning = f"The proposal could not be recorded: {exc}"
+            warning = f"The proposal could not be recorded: {describe(exc)[0]}"
         self.touch(rec)
         return warning
 

@@ -16,9 +16,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFileDialog
 
+from napari_lvit import _errors
 from napari_lvit._annotate.background import Jobs, Progress, Suggestions, VolumeSegmentation
 from napari_lvit._annotate.layers import ShownImage
 from napari_lvit._annotate.models import LoopModels
@@ -161,12 +162,14 @@ class AnnotationWidget(AnnotationView):
         return self.session.target_slice(labels, self.volume_check.isChecked(), z)
 
     def _message(self, text: str, error: bool = False) -> None:
-        self.seg.status.value = text
         if error:
-            show_error(text)
+            self._error(text)
+        else:
+            self.seg.status.value = text
 
-    def _error(self, text: str) -> None:
-        self._message(text, error=True)
+    def _error(self, error: BaseException | str, context: str | None = None) -> None:
+        """Report ``error`` (one line in napari's notifications and on the status line)."""
+        self.seg.status.value = _errors.report_error(error, context)
 
     def _update_buttons(self) -> None:
         s = self.session
@@ -187,7 +190,7 @@ class AnnotationWidget(AnnotationView):
         try:
             warning = self.session.open(path, project)
         except (ProjectError, ValueError, OSError) as exc:
-            self._message(f"Cannot open '{path}': {exc}", error=True)
+            self._error(exc, f"Cannot open '{path}'")
             return False
         self.shown.remove()
         self.path_edit.setText(path)
@@ -262,7 +265,7 @@ class AnnotationWidget(AnnotationView):
         try:
             loaded = load_image(rec.path)
         except Exception as exc:  # noqa: BLE001 - shown, not raised
-            self._message(f"Cannot read '{rec.path}': {exc}", error=True)
+            self._error(exc, f"Cannot show {rec.name}")
             return
         committed = s.enter(row, rec)
         self.volumes.forget(self.shown.show(rec, loaded.data, bool(loaded.rgb)))
@@ -352,7 +355,7 @@ class AnnotationWidget(AnnotationView):
         try:
             commit = s.commit(self.shown.labels_data(), slice_, self._text(), self.models.version())
         except Exception as exc:  # noqa: BLE001 - shown, the labels stay on screen
-            self._message(f"Commit failed (nothing was saved): {exc}", error=True)
+            self._error(exc, "Commit failed (nothing was saved)")
             return
         where = f" slice {slice_}" if slice_ is not None else ""
         self._message(f"Committed {rec.name}{where} (version {commit.version}).")
@@ -369,7 +372,7 @@ class AnnotationWidget(AnnotationView):
         try:
             commit = s.no_lesion(labels, slice_, self._text(), self.models.version())
         except Exception as exc:  # noqa: BLE001
-            self._message(f"Could not record 'no lesion': {exc}", error=True)
+            self._error(exc, "Could not record 'no lesion' (nothing was saved)")
             return
         self.shown.refresh()
         self._message(f"{rec.name}: no lesion (version {commit.version}).")
@@ -404,7 +407,7 @@ class AnnotationWidget(AnnotationView):
         try:
             source = self.seg.model_source
         except ValueError as exc:
-            self._message(str(exc), error=True)
+            self._error(exc)
             return
         self.volumes.run(self.image_layer, self.labels_layer, source)
 
@@ -444,11 +447,15 @@ class AnnotationWidget(AnnotationView):
         try:
             config = self.retrain_config()
         except (TypeError, ValueError) as exc:
-            self._message(f"Cannot retrain with these settings: {exc}", error=True)
+            self._error(exc, "Cannot retrain with these settings")
+            return
+        try:
+            self.runner.start(self.project.folder, config, self.retrain_mode)
+        except Exception as exc:  # noqa: BLE001 - e.g. another retraining holds the project
+            self._error(exc, "Cannot start retraining")
             return
         self.session.commits_since_retrain = 0
         self.panel.starting()
-        self.runner.start(self.project.folder, config, self.retrain_mode)
         self._update_buttons()
 
     def cancel_retrain(self) -> None:

@@ -17,7 +17,15 @@ def _add_synth(sub) -> None:
 
 def cmd_synth(args) -> int:
     from src_models.data.synthetic import write_dataset
+    from src_models.errors import UserError
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"{args.out} is a file", hint="give the name of a new folder")
+    if args.out.is_dir() and any(args.out.iterdir()):
+        raise UserError(
+            f"{args.out} is not empty: synth would overwrite files in it",
+            hint="give the name of a new (or empty) folder",
+        )
     out = write_dataset(args.out, kind=args.kind, n=args.n, size=args.size, seed=args.seed)
     print(f"wrote {args.n} {args.kind} samples to {out}")
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from src_models.cli._checks import check_output, positive_int, probability
+from src_models.inference_checks import MAX_PIXELS, memory_text
+
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment one image from a text")
@@ -12,9 +15,18 @@ def _add_predict(sub) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--text", default=None)
     p.add_argument("--out", type=Path, required=True, help="mask file (.tif or .png)")
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument(
+        "--threshold", type=probability, default=None, help="0 to 1 (default: the checkpoint's)"
+    )
     p.add_argument("--prob-out", type=Path, help="also write the probability map (.tif)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=MAX_PIXELS,
+        help=f"refuse larger images (H x W pixels; default {MAX_PIXELS}, "
+        f"{memory_text(MAX_PIXELS)} of memory to segment)",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -34,23 +46,65 @@ def _add_models(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-
-    from src_models.data.io import read_image, write_mask
+    from src_models.data.io import read_image, write_mask, write_prob
     from src_models.inference import Predictor
+    from src_models.model_source import resolve_checkpoint
 
-    predictor = Predictor(args.checkpoint, device=args.device)
-    image = read_image(args.image)
-    if image.ndim == 3 and image.shape[-1] not in (3, 4):
-        raise ValueError(f"{args.image} is a volume of shape {image.shape}: give a 2D image")
-    result = predictor.predict(image, args.text, threshold=args.threshold)
-    write_mask(args.out, result.mask)
+    # Everything that can be checked without the model is checked first, in a second.
+    _check_predict_image(args.image, args.max_pixels)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if checkpoint is not None:
+        _check_text(checkpoint, args.text)
+    uses = {"the image": args.image, "the checkpoint": checkpoint}
+    check_output(args.out, "--out", (".png", ".tif", ".tiff"), uses)
     if args.prob_out:
-        import tifffile
-
-        tifffile.imwrite(args.prob_out, result.prob.astype(np.float32))
+        uses["the --out file"] = args.out
+        check_output(args.prob_out, "--prob-out", (".tif", ".tiff"), uses)
+    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor.max_pixels = args.max_pixels
+    image = read_image(args.image, max_pixels=args.max_pixels)
+    result = predictor.predict(image, args.text, threshold=args.threshold)
+    if args.prob_out:
+        write_prob(args.prob_out, result.prob)
+    write_mask(args.out, result.mask)
     print(f"wrote {args.out}: {100 * result.mask.mean():.2f}% of the image")
     return 0
+
+
+def _check_predict_image(path: Path, max_pixels: int) -> None:
+    """From the file's header only: a 2D image of at most ``max_pixels`` pixels."""
+    from src_models.data.io import probe_image
+    from src_models.errors import UserError
+
+    shape, _ = probe_image(path, max_pixels=None)
+    if len(shape) != 2:
+        raise UserError(
+            f"{path} is a volume of shape {tuple(shape)}: give a 2D image",
+            hint="save the slice to segment as its own file, or open the volume in napari",
+        )
+    n = int(shape[0]) * int(shape[1])
+    if n > max_pixels:
+        raise UserError(
+            f"Cannot segment '{path}': it has {n} pixels ({shape[0]} x {shape[1]}), more than "
+            f"predict's limit of {max_pixels} ({memory_text(n)} of memory to segment it)",
+            hint=f"crop or downscale it, or pass --max-pixels {n} to try anyway",
+        )
+
+
+def _check_text(checkpoint: Path, text: str | None) -> None:
+    """A checkpoint whose model reads text needs a usable ``--text`` (checked from its header)."""
+    from src_models.engine.checkpoint import read_checkpoint_meta
+    from src_models.errors import UserError
+    from src_models.text import validate_text
+
+    if not read_checkpoint_meta(checkpoint).get("uses_text"):
+        return
+    if text is None or not text.strip():
+        raise UserError(
+            f"the model in {checkpoint} reads text, and no --text was given",
+            hint='describe the image, e.g. --text "Lesion in the lower left lung."',
+        )
+    validate_text(text)
 
 
 def cmd_evaluate(args) -> int:

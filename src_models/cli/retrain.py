@@ -50,7 +50,10 @@ def retrain_config(args):
         if args.config == "-":
             text = sys.stdin.read()
         else:
-            text = Path(args.config).read_text(encoding="utf-8")
+            from src_models.cli._checks import check_read_file
+
+            path = check_read_file(args.config, "--config", "a RetrainConfig JSON file (or '-')")
+            text = path.read_text(encoding="utf-8")
         base = RetrainConfig.from_json(text).to_dict()
     return RetrainConfig.from_dict({**base, **overrides_from_args(args, RetrainConfig)})
 
@@ -89,12 +92,18 @@ def _event_lines(jsonl: bool):
         out.close()
 
 
+def _error_event(exc: Exception) -> dict:
+    """The ``Error`` event of ``--jsonl``: the same one line the command prints."""
+    from src_models.errors import describe
+
+    return {"type": "Error", "message": describe(exc)[0]}
+
+
 def _run_retrain(args, emit) -> int:
     import signal
 
     from src_models.project.retrain import (
         RetrainDone,
-        RetrainError,
         RetrainRoundEnd,
         event_to_dict,
         format_retrain_event,
@@ -103,9 +112,9 @@ def _run_retrain(args, emit) -> int:
 
     try:
         run = retrain(args.project, config=retrain_config(args))
-    except (ValueError, FileNotFoundError) as exc:
-        emit({"type": "Error", "message": str(exc)})
-        raise
+    except Exception as exc:
+        emit(_error_event(exc))
+        raise  # printed by the command line's error boundary (src_models.cli.main)
     received: list[int] = []
 
     def on_signal(signum, frame) -> None:
@@ -122,12 +131,8 @@ def _run_retrain(args, emit) -> int:
                 emit(event_to_dict(event))
             elif type(event).__name__ != "BatchEnd":
                 print(format_retrain_event(event), flush=True)
-    except (RetrainError, ValueError, FileNotFoundError, KeyError) as exc:
-        emit({"type": "Error", "message": str(exc)})
-        print(f"napari-lvit retrain: error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
-        emit({"type": "Error", "message": f"{type(exc).__name__}: {exc}"})
+        emit(_error_event(exc))
         raise
     finally:
         for s, handler in previous.items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from src_models.cli._checks import check_new_checkpoint
+
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a folder in the LViT layout")
@@ -127,6 +129,7 @@ def cmd_train(args) -> int:
 
     if args.init is not None and args.resume:
         raise ValueError("--init and --resume exclude each other")
+    check_new_checkpoint(args.out, uses={"the --init checkpoint": args.init})
     encoder = None if args.no_text else TextEncoder(args.text_encoder)
     if args.resume:
         from src_models.engine.checkpoint import CheckpointError, resolve_resume
@@ -313,6 +316,7 @@ def cmd_pretrain(args) -> int:
     from src_models.models import create_model
     from src_models.text import TextEncoder
 
+    check_new_checkpoint(args.out)
     encoder = None if args.no_text else TextEncoder(args.text_encoder)
     overrides = {} if args.img_size is None else {"img_size": args.img_size}
     probe = create_model(args.model, **overrides)

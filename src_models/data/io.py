@@ -54,6 +54,7 @@ __all__ = [
     "read_mask",
     "to_float01",
     "write_mask",
+    "write_prob",
 ]
 
 #: Default limit on the number of pixels (voxels) of one image: larger images are refused.
@@ -223,10 +224,8 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     if arr.size == 0:
         raise ValueError(f"cannot write mask '{p}': the mask is empty (shape {arr.shape})")
     out = np.where(arr != 0, np.uint8(255), np.uint8(0)).astype(np.uint8)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{suffix}", dir=p.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         if suffix == ".png":
             from PIL import Image
 
@@ -235,6 +234,29 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
             import tifffile
 
             tifffile.imwrite(tmp, out, compression="zlib")
+
+    return _write_atomically(p, write)
+
+
+def write_prob(path: str | os.PathLike, prob: np.ndarray) -> Path:
+    """Write a probability map as a float32 TIFF, atomically (see :func:`write_mask`)."""
+    import tifffile
+
+    p = Path(path)
+    if image_suffix(p) not in _TIFF_SUFFIXES:
+        raise ValueError(f"cannot write probabilities to '{p}': use a .tif or .tiff name")
+    data = np.asarray(prob, dtype=np.float32)
+    return _write_atomically(p, lambda tmp: tifffile.imwrite(tmp, data))
+
+
+def _write_atomically(p: Path, write) -> Path:
+    """``write(tmp)`` into a temporary file beside ``p``, fsync, then move it onto ``p``."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    suffix = image_suffix(p)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{suffix}", dir=p.parent)
+    os.close(fd)
+    try:
+        write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         # mkstemp creates 0600 files; keep the old file's mode, else the usual 0644.

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from src_models.errors import UserError
+
 __all__ = ["IMAGE_SUFFIXES", "ImageReadError", "LoadedImage", "image_suffix"]
 
 #: File suffixes :func:`read_image` understands (lower case; ``.nii.gz`` is a double suffix).
@@ -44,7 +46,7 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _PIL_LOCK = threading.Lock()
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An image or mask file could not be read; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

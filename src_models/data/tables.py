@@ -18,6 +18,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from src_models.errors import UserError
+
 from .io import image_suffix
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
 _TABLE_SUFFIXES = (".csv", ".xlsx")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder or file is not usable; the message names the file and the reason."""
 
 

@@ -32,6 +32,7 @@ from torch import nn
 
 import src_models
 from src_models.engine.distributed import unwrap
+from src_models.errors import UserError
 
 META_KEY = "napari_lvit"
 FORMAT = "napari-lvit-checkpoint"
@@ -40,7 +41,7 @@ TRAIN_STATE_SUFFIX = ".train_state.pt"
 TRAIN_STATE_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that cannot be used as a napari-lvit checkpoint; the message says why."""
 
 
@@ -181,7 +182,8 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
             header = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise CheckpointError(
-            f"{p} is not a safetensors file or it is corrupt ({type(exc).__name__}: {exc})"
+            f"{p} is not a safetensors file or it is corrupt ({type(exc).__name__}: {exc})",
+            hint="copy it again, or give another checkpoint",
         ) from exc
     raw = header.get(META_KEY)
     if raw is None:
@@ -215,7 +217,8 @@ def _read_tensors(p: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise CheckpointError(
             f"{p}: the weights cannot be read, the file is corrupt or truncated "
-            f"({type(exc).__name__}: {exc})"
+            f"({type(exc).__name__}: {exc})",
+            hint="copy it again, or give another checkpoint",
         ) from exc
 
 

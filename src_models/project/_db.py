@@ -15,10 +15,12 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from src_models.errors import UserError
 
 from .records import CommitRecord, ImageRecord, ProposalRecord, RoundRecord
 
@@ -31,7 +33,7 @@ _IMPORT_BATCH = 128
 ImageRef = int | str | ImageRecord
 
 
-class ProjectError(ValueError):
+class ProjectError(UserError, ValueError):
     """The folder is not a usable project (missing, corrupt, newer schema) or a request
     conflicts with its content (duplicate name, closed project)."""
 
@@ -86,7 +88,14 @@ class ProjectBase:
         return self._folder / MANIFEST_NAME
 
     @staticmethod
-    def _connect(db: Path, *, create: bool) -> sqlite3.Connection:
+    def _connect(
+        db: Path,
+        *,
+        create: bool,
+        check: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> sqlite3.Connection:
+        """A connection in WAL mode; ``check`` sees it first (before anything is written, so
+        that refusing a file leaves it as it was)."""
         uri = db.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
         conn = sqlite3.connect(
             uri,
@@ -98,6 +107,8 @@ class ProjectBase:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
+            if check is not None:
+                check(conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise ProjectError(f"cannot switch '{db}' to WAL mode (got {mode!r})")

@@ -135,6 +135,8 @@ class RetrainRun:
         lock = ProjectLock(project)
         threads_before = None
         try:
+            if not project.labeled():  # before the lock: a refused run changes nothing
+                raise RetrainError("nothing to learn from: commit at least one correction first")
             if not lock.acquire():
                 raise RetrainError(
                     f"another retraining is running on the project '{project.folder}'"
@@ -174,8 +176,6 @@ class RetrainRun:
     def _round(self, project: Project, index: int) -> Iterator[Any]:
         labeled = project.labeled()
         unlabeled = project.unlabeled()
-        if not labeled:
-            raise RetrainError("nothing to learn from: commit at least one correction first")
         round_id = project.start_round(len(labeled), len(unlabeled))
         work, final = round_paths(project, round_id)
         metrics: dict[str, Any] = {

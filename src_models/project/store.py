@@ -140,13 +140,8 @@ class Project(LvitIOMixin, MaintenanceMixin):
         db = root / MANIFEST_NAME
         if not db.is_file():
             raise ProjectError(f"'{root}' is not a napari-lvit project (no {MANIFEST_NAME} in it)")
-        try:
-            conn = cls._connect(db, create=False)
-        except sqlite3.DatabaseError as exc:
-            raise ProjectError(
-                f"the project manifest '{db}' is corrupt or not an SQLite file: {exc}"
-            ) from exc
-        try:
+
+        def check(conn: sqlite3.Connection) -> None:  # before the WAL switch writes the file
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if app_id != APPLICATION_ID:
@@ -160,6 +155,15 @@ class Project(LvitIOMixin, MaintenanceMixin):
                     f"this version of napari-lvit understands ({SCHEMA_VERSION}); upgrade "
                     f"napari-lvit"
                 )
+
+        try:
+            conn = cls._connect(db, create=False, check=check)
+        except sqlite3.DatabaseError as exc:
+            raise ProjectError(
+                f"the project manifest '{db}' is corrupt or not an SQLite file: {exc}"
+            ) from exc
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 cls._migrate(conn, version, db)
             for sub in _SUBDIRS:

@@ -13,7 +13,9 @@ images that appeared since. No torch, no Qt.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from .store import Project, ProjectError, is_project
@@ -43,6 +45,7 @@ def open_workspace(
     if not src.is_dir():
         raise ProjectError(f"'{src}' is neither a project nor a folder of images")
     target = Path(project).expanduser().resolve() if project is not None else src / PROJECT_SUBDIR
+    existed, fresh = target.exists(), not is_project(target)
     proj = Project.open_or_create(target)
     try:
         if _is_lvit_split(src):
@@ -57,4 +60,22 @@ def open_workspace(
         return proj, "added"
     except BaseException:
         proj.close()
+        if fresh:  # a failed first open leaves nothing behind
+            _remove_new_project(target, existed)
         raise
+
+
+def _remove_new_project(folder: Path, existed: bool) -> None:
+    """Undo the :meth:`Project.create` of a failed first open: the whole folder when it was
+    made for the project; else only the manifest and the subfolders it left empty (the folder
+    may hold other files)."""
+    from .store import _SUBDIRS, MANIFEST_NAME
+
+    if not existed:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name in (MANIFEST_NAME, MANIFEST_NAME + "-wal", MANIFEST_NAME + "-shm"):
+        (folder / name).unlink(missing_ok=True)
+    for sub in _SUBDIRS:
+        with contextlib.suppress(OSError):
+            (folder / sub).rmdir()  # only when empty

@@ -82,12 +82,6 @@ class TextEncoder:
         device: str | torch.device = "cpu",
         cache_size: int = 4096,
     ) -> None:
-        with _IMPORT_LOCK:  # transformers' lazy module is not safe to import from two threads
-            from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
-
         source = str(name_or_path)
         bundled = source in _BUNDLED_NAMES
         if bundled:
@@ -104,6 +98,12 @@ class TextEncoder:
                 f"{folder} is not a Hugging Face model folder (no config.json in it)"
             )
         target = str(folder) if folder is not None else source
+        # (after the checks above: a wrong path fails at once, without the slow import)
+        with _IMPORT_LOCK:  # transformers' lazy module is not safe to import from two threads
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=True)
             self._model = AutoModel.from_pretrained(target, local_files_only=True)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from src_models.data.io import to_float01
+from src_models.data.patches import WorkingResolution
 from src_models.data.transforms import resize_image, resize_prob
 from src_models.device import autocast, resolve_device
 from src_models.inference_checks import MAX_PIXELS, check_threshold, guarded
@@ -33,6 +34,7 @@ from src_models.model_source import (  # noqa: F401 (DEFAULT_CHECKPOINT: re-expo
     resolve_checkpoint,
 )
 from src_models.text import TextEncoder, validate_text
+from src_models.tiling import predict_tiled
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,9 @@ class Predictor:
             checkpoint names (or the bundled default).
         threshold: probability cut for the mask (default: the checkpoint's, else 0.5).
         tile: for images larger than ``tile_min_side`` pixels on a side, predict overlapping
-            tiles at native resolution instead of resizing the whole image.
+            tiles at native resolution instead of resizing the whole image. A checkpoint
+            trained in patches mode (``meta["working_resolution"]``) always predicts tile by
+            tile at its own scale (:func:`~src_models.tiling.predict_tiled`).
         feature_cache_size: for models with ``supports_feature_reuse``, how many inputs keep
             their image features (LRU); 0 turns reuse off (every call runs the whole model).
     """
@@ -191,6 +195,9 @@ class Predictor:
         )
         self.tile = tile
         self.tile_min_side = tile_min_side
+        #: how images reach the model: the checkpoint's working resolution (patches mode: a
+        #: sliding window at its scale), else the whole image resized to the model size
+        self.resolution = _working_resolution(self.meta, self.img_size)
         self.feature_cache = FeatureCache(feature_cache_size)
         self.reuses_features = bool(
             getattr(self.model, "supports_feature_reuse", False) and feature_cache_size > 0
@@ -273,8 +280,14 @@ class Predictor:
                 f"{image.shape}: pick one slice of a volume first"
             )
         height, width = image.shape[:2]
-        if self.tile and max(height, width) > self.tile_min_side:
-            return self._predict_tiled(to_float01(image), text)
+        res = self.resolution
+        if res is None and self.tile and max(height, width) > self.tile_min_side:
+            res = WorkingResolution("patches", self.img_size, 1.0)
+        if res is not None:
+            overlap = 0.25 if self.resolution is not None else 0.5  # (tile=: half-tile stride)
+            return predict_tiled(
+                to_float01(image), self._tile_fn(text), res, overlap=overlap, batch_size=4
+            ).astype(np.float32)
         fingerprint = None
         if self.reuses_features and image.dtype.kind in "biuf":
             # Keyed by the raw pixels: a re-prompt skips the preprocessing too.
@@ -296,25 +309,25 @@ class Predictor:
         prob = self.predict_prob(image, text)
         return Prediction(prob=prob, mask=prob >= cut, threshold=cut, text=text)
 
-    def _predict_tiled(self, rgb: np.ndarray, text: str | None) -> np.ndarray:
-        """Overlapping native-resolution tiles of the model size, blended with a smooth window."""
-        size = self.img_size
-        height, width = rgb.shape[:2]
-        stride = size // 2
-        pad_h, pad_w = max(0, size - height), max(0, size - width)
-        padded = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
-        ph, pw = padded.shape[:2]
-        ys = sorted({*range(0, ph - size + 1, stride), ph - size})
-        xs = sorted({*range(0, pw - size + 1, stride), pw - size})
-        ramp = np.hanning(size + 2)[1:-1].astype(np.float32)
-        window = np.outer(ramp, ramp) + 1e-3
-        acc = np.zeros((ph, pw), np.float32)
-        weight = np.zeros((ph, pw), np.float32)
-        coords = [(y, x) for y in ys for x in xs]
-        for start in range(0, len(coords), 4):
-            chunk = coords[start : start + 4]
-            tiles = np.stack([padded[y : y + size, x : x + size] for y, x in chunk])
-            for (y, x), prob in zip(chunk, self._run(tiles, text), strict=True):
-                acc[y : y + size, x : x + size] += prob * window
-                weight[y : y + size, x : x + size] += window
-        return (acc / weight)[:height, :width]
+    def _tile_fn(self, text: str | None):
+        """Tiles ``[B, C, S, S]`` -> probabilities ``[B, S, S]`` (for ``predict_tiled``)."""
+
+        def fn(tiles: torch.Tensor) -> np.ndarray:
+            batch = tiles.permute(0, 2, 3, 1).numpy()
+            return self._run(np.ascontiguousarray(batch, dtype=np.float32), text)
+
+        return fn
+
+
+def _working_resolution(meta: dict[str, Any], img_size: int) -> WorkingResolution | None:
+    """The checkpoint's patches-mode working resolution (``None``: whole images)."""
+    stored = meta.get("working_resolution")
+    if not isinstance(stored, dict):
+        return None
+    try:
+        res = WorkingResolution.from_dict(stored)
+    except (TypeError, ValueError):
+        return None
+    if res.is_whole:
+        return None
+    return WorkingResolution("patches", img_size, res.scale)

@@ -17,6 +17,10 @@ from src_models.project.workspace import open_workspace
 FULL = RetrainConfig(
     rounds=2,
     epochs=2,
+    steps=7,
+    time_budget_s=30.0,
+    resolution="whole",
+    resolution_scale=2.0,
     batch_size=3,
     lr=1e-3,
     min_lr=2e-5,

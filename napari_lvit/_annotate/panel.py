@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -21,13 +22,15 @@ from qtpy.QtWidgets import (
 
 from napari_lvit._annotate.events import round_end_text, round_start_text
 from napari_lvit._annotate.plot import CurvePlot
-from napari_lvit._annotate.session import build_retrain_config
+from napari_lvit._annotate.session import PANEL_DEFAULTS, build_retrain_config
 from napari_lvit._widget import wrap_to_width
 
 if TYPE_CHECKING:
     from src_models.project.retrain import RetrainConfig
 
 PROGRESS_EVERY_S = 0.5  # redraw the batch progress at most this often
+#: the "Working resolution" choices: (label, RetrainConfig.resolution)
+RESOLUTIONS = (("auto", "auto"), ("whole image", "whole"), ("patches", "patches"))
 
 
 def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
@@ -47,19 +50,50 @@ class RetrainPanel(QGroupBox):
         form = QFormLayout()
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.rounds_spin = _spin(1, 100, 1, "Retraining rounds per press (EPI iterations)")
-        self.epochs_spin = _spin(1, 1000, 5, "Training epochs in each round")
+        self.rounds_spin = _spin(
+            1, 100, PANEL_DEFAULTS["rounds"], "Retraining rounds per press (EPI iterations)"
+        )
+        self.epochs_spin = _spin(
+            0,
+            1000,
+            PANEL_DEFAULTS["epochs"] or 0,
+            "Training epochs in each round; auto: sized by the number of corrections "
+            "(max(300, 100 per labelled image) optimizer steps, within the time per round)",
+        )
+        self.epochs_spin.setSpecialValueText("auto")
+        self.time_spin = _spin(
+            0,
+            3600,
+            int(PANEL_DEFAULTS["time_budget_s"]),
+            "With auto epochs: stop planning more steps than fit in about this many seconds "
+            "(measured on the previous round; 0: no limit)",
+        )
+        self.time_spin.setSpecialValueText("no limit")
+        self.resolution_combo = QComboBox()
+        for label, value in RESOLUTIONS:
+            self.resolution_combo.addItem(label, value)
+        self.resolution_combo.setToolTip(
+            "How images reach the model: auto chooses from the image and object sizes; whole "
+            "image resizes each image to the model size; patches trains and predicts on "
+            "patches of large images (small objects stay visible)"
+        )
         self.auto_spin = _spin(
             0, 1000, 0, "Start a retraining by itself after this many new commits (0: never)"
         )
         self.auto_spin.setSpecialValueText("off")
         self.clcc_check = QCheckBox("CLCC on all images (slower)")
+        self.clcc_check.setChecked(PANEL_DEFAULTS["clcc"])
+        self.resolution_combo.setCurrentIndex(
+            [v for _, v in RESOLUTIONS].index(PANEL_DEFAULTS["resolution"])
+        )
         self.clcc_check.setToolTip(
             "Also train with cross-level contrast and patch consistency (CLCC) on every image, "
             "unlabelled ones included; slower rounds"
         )
         form.addRow("Rounds:", self.rounds_spin)
         form.addRow("Epochs per round:", self.epochs_spin)
+        form.addRow("Time per round (s):", self.time_spin)
+        form.addRow("Working resolution:", self.resolution_combo)
         form.addRow("Auto after commits:", self.auto_spin)
         form.addRow(self.clcc_check)
         lay.addLayout(form)
@@ -89,13 +123,17 @@ class RetrainPanel(QGroupBox):
 
     def config(self, device: str, model: str, overrides: dict[str, Any]) -> RetrainConfig:
         """The :class:`RetrainConfig` of these settings, then ``overrides`` (any field)."""
+        panel = {
+            "time_budget_s": float(self.time_spin.value()),
+            "resolution": str(self.resolution_combo.currentData()),
+        }
         return build_retrain_config(
             rounds=self.rounds_spin.value(),
-            epochs=self.epochs_spin.value(),
+            epochs=self.epochs_spin.value() or None,  # 0 ("auto"): sized by the work
             device=device,
             model=model,
             clcc=self.clcc_check.isChecked(),
-            overrides=overrides,
+            overrides={**panel, **overrides},
         )
 
     def set_running(self, running: bool, can_start: bool) -> None:

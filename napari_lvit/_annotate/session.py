@@ -54,10 +54,34 @@ def inference_threads(retraining: bool, training: int) -> int:
     return max(1, cores - training) if retraining else max(1, cores - 1)
 
 
+#: The retrain panel's settings when it opens (what one press of Retrain uses by default).
+PANEL_DEFAULTS: dict[str, Any] = {
+    "rounds": 1,
+    "epochs": None,  # sized by the work: steps for the number of corrections
+    "time_budget_s": 90.0,
+    "resolution": "auto",
+    "clcc": False,
+}
+
+
+def button_retrain_config(model: str = "default", device: str = "auto") -> RetrainConfig:
+    """The config of one press of Retrain with the panel's defaults (benchmarks/bench_loop.py
+    drives a project with it). ``model``/``device``: the Segment widget's defaults."""
+    d = PANEL_DEFAULTS
+    return build_retrain_config(
+        rounds=d["rounds"],
+        epochs=d["epochs"],
+        device=device,
+        model=model,
+        clcc=d["clcc"],
+        overrides={"time_budget_s": d["time_budget_s"], "resolution": d["resolution"]},
+    )
+
+
 def build_retrain_config(
     *,
     rounds: int,
-    epochs: int,
+    epochs: int | None,
     device: str,
     model: str,
     clcc: bool,
@@ -69,7 +93,7 @@ def build_retrain_config(
 
     fields: dict[str, Any] = {
         "rounds": int(rounds),
-        "epochs": int(epochs),
+        "epochs": None if epochs is None else int(epochs),
         "device": str(device),
         "model": model,
         "clcc": bool(clcc),
@@ -132,10 +156,17 @@ class AnnotationSession:
         self.close()
         self.project, self.how = opened, how
         warning = None
-        try:
-            recover_stale_rounds(opened)
-        except Exception as exc:  # noqa: BLE001 - housekeeping must not block opening
-            warning = f"Could not check earlier retraining rounds: {describe(exc)[0]}"
+        if getattr(opened, "read_only", False):
+            warning = (
+                f"The project '{opened.folder}' is open read-only (its folder cannot be "
+                "written): browse and segment, but commits and retraining are off; copy it "
+                "somewhere you may write to in order to annotate."
+            )
+        else:
+            try:
+                recover_stale_rounds(opened)
+            except Exception as exc:  # noqa: BLE001 - housekeeping must not block opening
+                warning = f"Could not check earlier retraining rounds: {describe(exc)[0]}"
         self.commits_since_retrain = 0
         self.refresh()
         return warning

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -276,6 +277,41 @@ def evaluate_native(
     finally:
         model.train(was_training)
     return _summary(per_image, threshold, "native", len(dataset))
+
+
+def evaluate_full_size(predictor: Any, dataset: Dataset) -> dict[str, Any]:
+    """Dice and IoU of ``predictor`` (a :class:`~src_models.inference.Predictor`) on each image
+    of ``dataset`` (a :class:`~src_models.data.SegmentationDataset`) at the image's own size:
+    the image file goes through ``predictor.predict`` (a patches-mode checkpoint predicts tile
+    by tile at its working resolution) and is compared with the mask file as stored."""
+    from src_models.data import load_image
+    from src_models.data.io import mask_from_array, to_float01
+
+    first_item: dict[int, int] = {}
+    for i, r in enumerate(dataset.item_records):
+        first_item.setdefault(r, i)
+    texts = dataset.texts
+    rows: list[dict[str, Any]] = []
+    loaded: dict[str, Any] = {}
+    for index, rec_i in enumerate(dataset.item_records):
+        record = dataset.records[rec_i]
+        if record.mask_path is None:
+            continue
+        z = index - first_item[rec_i]
+        for key, path in (("image", record.image_path), ("mask", record.mask_path)):
+            if loaded.get(key + "_path") != path:
+                loaded[key] = load_image(path, max_pixels=None)
+                loaded[key + "_path"] = path
+        img, msk = loaded["image"], loaded["mask"]
+        plane = img.slice(z) if img.is_volume else img.data
+        target = mask_from_array(msk.slice(z) if msk.is_volume else msk.data, rgb=msk.rgb)
+        pred = predictor.predict(to_float01(plane), texts[index] or None).mask
+        p = torch.from_numpy(np.asarray(pred, dtype=bool))[None]
+        g = torch.from_numpy(np.asarray(target, dtype=bool))[None]
+        rows.append(
+            _row(dataset.names[index], index, dice_per_image(p, g)[0], iou_per_image(p, g)[0])
+        )
+    return _summary(rows, float(predictor.threshold), "full_size", len(dataset))
 
 
 def _row(name: Any, index: Any, dice: Any, iou: Any) -> dict[str, Any]:

@@ -602,8 +602,13 @@ class Trainer:
     # ----------------------------------------------------------------- state for exact resume
 
     def checkpoint_meta(self, kind: str) -> dict[str, Any]:
-        """Metadata stored with a checkpoint (see :func:`~src_models.engine.save_checkpoint`)."""
+        """Metadata stored with a checkpoint (see :func:`~src_models.engine.save_checkpoint`);
+        ``working_resolution`` when the training set has one (how images reached the model:
+        :class:`~src_models.data.patches.WorkingResolution`, which prediction then follows)."""
+        res = getattr(self.train_set, "resolution", None)
+        extra = {"working_resolution": res.to_dict()} if hasattr(res, "to_dict") else {}
         return {
+            **extra,
             "text_encoder": getattr(self.text_encoder, "id", None) if self.use_text else None,
             "threshold": self.config.threshold,
             "training": {

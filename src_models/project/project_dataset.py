@@ -14,7 +14,7 @@ from src_models.data.dataset import SegmentationDataset
 from .records import TrainingItem
 from .retrain_config import RetrainError
 
-__all__ = ["ProjectDataset", "split_validation"]
+__all__ = ["ProjectDataset", "load_full_resolution", "split_validation"]
 
 
 def _volume_value_range(loaded) -> tuple[float, float] | None:
@@ -103,6 +103,42 @@ class ProjectDataset(SegmentationDataset):
             [0 if it.kind == "no_lesion" else -1 for it in self.items], dtype=np.int8
         )
         self.spatial_text = has_spatial_words(texts) if spatial_text is None else bool(spatial_text)
+        from src_models.data.patches import WorkingResolution
+
+        #: how images reach the model (the Trainer stores it in the checkpoint)
+        self.resolution = WorkingResolution.whole(self.img_size)
+
+
+def load_full_resolution(
+    items: Sequence[TrainingItem],
+) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str], list[str]]:
+    """``(images, masks, texts, names)`` of project samples at their own size: float ``[H, W,
+    C]`` images in [0, 1] (a volume's slice is an image), bool masks (``None``: unlabelled)."""
+    from src_models.data.io import load_image, to_float01
+
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
+    texts: list[str] = []
+    names: list[str] = []
+    loaded_cache: dict[Path, Any] = {}
+    for item in items:
+        rec = item.image
+        loaded = loaded_cache.get(rec.path)
+        if loaded is None:
+            loaded_cache.clear()  # keep one volume in memory
+            loaded = loaded_cache[rec.path] = load_image(rec.path)
+        if loaded.is_volume:
+            z = int(item.slice or 0)
+            f = to_float01(loaded.slice(z), value_range=_volume_value_range(loaded))
+            names.append(f"{rec.name}_z{z:03d}")
+        else:
+            f = to_float01(loaded.data)
+            names.append(rec.name)
+        images.append(f)
+        m = item.load_mask()
+        masks.append(None if m is None else np.asarray(m) != 0)
+        texts.append(item.text or "")
+    return images, masks, texts, names
 
 
 def split_validation(

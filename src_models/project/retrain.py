@@ -278,7 +278,7 @@ class RetrainRun:
 def retrain(
     project: Project | str | os.PathLike,
     rounds: int = 1,
-    epochs: int = 5,
+    epochs: int | None = None,
     model: str = "auto",
     device: str = "auto",
     *,

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from src_models.dataclass_io import from_dict, to_dict
+from src_models.errors import UserError
 
 __all__ = ["RetrainConfig", "RetrainError"]
 
 SEMI_CHOICES = ("auto", "epi", "off")
+RESOLUTION_CHOICES = ("auto", "whole", "patches")
 
 
-class RetrainError(ValueError):
+class RetrainError(UserError, ValueError):
     """Retraining cannot start (nothing labelled, another retraining running, bad config)."""
 
 
@@ -67,7 +69,30 @@ class RetrainConfig:
     """
 
     rounds: int = _opt(1, "retraining rounds")
-    epochs: int = _opt(5, "epochs per round")
+    epochs: int | None = _opt(
+        None,
+        "epochs per round (none: the round is sized in optimizer steps, see --steps; a number "
+        "keeps the epoch-counted round)",
+    )
+    steps: int | None = _opt(
+        None,
+        "optimizer steps per round when epochs is none (none: max(300, 100 x labelled images))",
+    )
+    time_budget_s: float = _opt(
+        90.0,
+        "cap a step-sized round at about this many seconds, from the seconds per step of the "
+        "previous round (else a quick measurement); 0: no cap",
+    )
+    resolution: str = _opt(
+        "auto",
+        "working resolution: auto (chosen from image and object sizes), whole (resize each "
+        "image to the model size) or patches (train and predict on patches)",
+        choices=RESOLUTION_CHOICES,
+    )
+    resolution_scale: float | None = _opt(
+        None,
+        "patches mode: input pixels per working pixel (1 native, 2 half; none: chosen)",
+    )
     batch_size: int = _opt(2, "training batch size")
     lr: float = _opt(3e-4, "learning rate")
     min_lr: float = _opt(1e-5, "lowest learning rate of the cosine schedule")
@@ -105,9 +130,18 @@ class RetrainConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rounds", "epochs", "batch_size", "steps"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.resolution not in RESOLUTION_CHOICES:
+            raise ValueError(
+                f"resolution must be 'auto', 'whole' or 'patches', got {self.resolution!r}"
+            )
+        if self.resolution_scale is not None and not self.resolution_scale > 0:
+            raise ValueError(f"resolution_scale must be > 0, got {self.resolution_scale}")
+        if not self.time_budget_s >= 0:
+            raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.semi not in SEMI_CHOICES:
             raise ValueError(f"semi must be 'auto', 'epi' or 'off', got {self.semi!r}")
         if not 0.0 <= self.val_fraction < 1.0:

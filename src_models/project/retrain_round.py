@@ -5,8 +5,9 @@ round's metrics."""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 from src_models.engine.recipe import TrainingRecipe, is_sks, semi_engine
 from src_models.model_source import OpenedModel, open_model
 
-from .project_dataset import ProjectDataset, split_validation
+from .project_dataset import ProjectDataset, load_full_resolution, split_validation
 from .records import TrainingItem
 from .retrain_config import RetrainConfig, RetrainError
 from .retrain_events import RetrainRoundStart
@@ -25,6 +26,9 @@ __all__ = [
     "FitLog",
     "RoundPlan",
     "RoundSamples",
+    "RoundSizing",
+    "choose_round_resolution",
+    "size_round",
     "plan_round",
     "round_recipe",
     "validation_dice",
@@ -46,6 +50,7 @@ class RoundPlan:
     recipe: TrainingRecipe
     train_set: Any
     val_set: Any
+    sizing: RoundSizing | None = None
 
     def summary(self) -> dict[str, Any]:
         """The round's metrics once it is planned (``trainer``: the configs of the engine)."""
@@ -61,6 +66,7 @@ class RoundPlan:
             "model": self.meta.get("model_name"),
             "img_size": int(self.model.img_size),
             "trainer": self.recipe.to_dict(),
+            **({} if self.sizing is None else self.sizing.summary()),
         }
 
     def start_event(self, round_id: int, index: int, cfg: RetrainConfig) -> RetrainRoundStart:
@@ -75,8 +81,13 @@ class RoundPlan:
             n_val=len(s.val),
             val_on=s.val_on,
             base=self.base,
-            engine=self.recipe.engine,
-            epochs=cfg.epochs,
+            engine=self.recipe.engine
+            + (
+                ", patches (no " + ", ".join(self.sizing.not_in_patch_mode) + ")"
+                if self.sizing is not None and self.sizing.not_in_patch_mode
+                else ""
+            ),
+            epochs=int(self.recipe.train.epochs),
             skipped=tuple(s.skipped),
         )
 
@@ -149,6 +160,141 @@ def _samples(
     return RoundSamples(labeled, unlabeled, skipped, use_semi, train, val, val_on)
 
 
+@dataclass
+class RoundSizing:
+    """How big a round is and at which resolution it works (see :mod:`src_models.data.patches`).
+
+    ``steps``: the planned optimizer steps (``None``: an epoch-counted round, ``cfg.epochs``);
+    ``lr``/``min_lr``/``batch_size``: what the engine gets; ``lr_rule`` says why.
+    """
+
+    resolution: Any  # WorkingResolution
+    resolution_from: str  # "chosen" or "config"
+    steps: int | None
+    epochs: int
+    batch_size: int
+    lr: float
+    min_lr: float
+    samples_per_epoch: int | None = None  # patches mode
+    lr_rule: str = "config"
+    step_cap: int | None = None
+    s_per_step: float | None = None
+    not_in_patch_mode: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "working_resolution": self.resolution.to_dict(),
+            "plan": {
+                "resolution_from": self.resolution_from,
+                "steps": self.steps,
+                "epochs": self.epochs,
+                "batch_size": self.batch_size,
+                "lr": self.lr,
+                "min_lr": self.min_lr,
+                "lr_rule": self.lr_rule,
+                "samples_per_epoch": self.samples_per_epoch,
+                "step_cap": self.step_cap,
+                "s_per_step_before": self.s_per_step,
+            },
+        }
+        if self.not_in_patch_mode:
+            out["not_in_patch_mode"] = list(self.not_in_patch_mode)
+        return out
+
+
+def choose_round_resolution(
+    cfg: RetrainConfig,
+    images: list[np.ndarray],
+    masks: list[np.ndarray | None],
+    texts: list[str],
+    size: int,
+) -> tuple[Any, str]:
+    """The round's :class:`~src_models.data.patches.WorkingResolution` and where it came from:
+    ``cfg.resolution`` ("whole" / "patches", with ``cfg.resolution_scale``) or
+    :func:`~src_models.data.patches.choose_resolution` over the labelled images."""
+    from src_models.data.patches import WorkingResolution, choose_resolution
+
+    if cfg.resolution == "whole":
+        return WorkingResolution.whole(size), "config"
+    shapes = [im.shape[:2] for im in images]
+    res = choose_resolution(shapes, texts, size, masks)
+    how = "chosen"
+    if cfg.resolution == "patches" and res.is_whole:
+        res, how = WorkingResolution("patches", size, 1.0), "config"
+    if not res.is_whole and cfg.resolution_scale is not None:
+        res, how = WorkingResolution("patches", size, float(cfg.resolution_scale)), "config"
+    return res, how
+
+
+def _previous_s_per_step(project: Project) -> float | None:
+    """Seconds per optimizer step of the project's last round that measured it."""
+    for r in reversed(project.rounds()):
+        value = (r.metrics or {}).get("s_per_step")
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+    return None
+
+
+def _start_resolution(meta: dict[str, Any], size: int, base_is_new: bool) -> Any:
+    """The working resolution the starting model was trained at (``None``: untrained)."""
+    from src_models.data.patches import WorkingResolution
+
+    if base_is_new:
+        return None
+    stored = meta.get("working_resolution")
+    if isinstance(stored, dict):
+        try:
+            return WorkingResolution.from_dict(stored)
+        except (TypeError, ValueError):
+            return None
+    return WorkingResolution.whole(size)  # checkpoints before working resolutions: whole
+
+
+def size_round(
+    cfg: RetrainConfig,
+    res: Any,
+    how: str,
+    *,
+    n_labeled: int,
+    n_train: int,
+    start_resolution: Any,
+    s_per_step: float | None,
+) -> RoundSizing:
+    """Steps, epochs, batch and learning rate of a round. An explicit ``cfg.epochs`` keeps the
+    epoch-counted round at ``cfg.lr``; else ``cfg.steps`` or
+    :func:`~src_models.data.patches.steps_for` (capped by ``cfg.time_budget_s`` at the last
+    round's seconds per step), batch ``max(cfg.batch_size, 4)``, lr 3e-4 when the starting model
+    was trained at this resolution, else 1e-3, one cosine decay to lr / 10."""
+    from src_models.data.patches import RoundPlan, steps_for
+
+    if cfg.epochs is not None:
+        spe = None
+        if not res.is_whole:
+            spe = 50 * cfg.batch_size
+        return RoundSizing(
+            res, how, None, int(cfg.epochs), cfg.batch_size, cfg.lr, min(cfg.min_lr, cfg.lr), spe
+        )
+    cap = None
+    if s_per_step and cfg.time_budget_s > 0:
+        cap = max(1, int(cfg.time_budget_s / s_per_step))
+    steps = int(cfg.steps) if cfg.steps is not None else steps_for(n_labeled, maximum=cap)
+    same = start_resolution is not None and start_resolution == res
+    lr = 3e-4 if same else 1e-3
+    rule = (
+        "3e-4: the starting model was trained at this resolution"
+        if same
+        else "1e-3: the starting model is new or was trained at another resolution"
+    )
+    batch = max(int(cfg.batch_size), 4)
+    plan = RoundPlan(resolution=res, steps=steps, batch_size=batch, lr=lr, min_lr=lr / 10)
+    if res.is_whole:
+        epochs = max(1, math.ceil(steps * batch / max(n_train, 1)))
+        spe = None
+    else:
+        epochs, spe = plan.epochs, plan.samples_per_epoch
+    return RoundSizing(res, how, steps, epochs, batch, lr, lr / 10, spe, rule, cap, s_per_step)
+
+
 def plan_round(
     project: Project,
     cfg: RetrainConfig,
@@ -169,28 +315,90 @@ def plan_round(
 
         encoder = TextEncoder(meta.get("text_encoder") or cfg.text_encoder)
     samples = _samples(cfg, labeled, unlabeled, uses_text)
+    size = int(model.img_size)
+    in_chans = int(getattr(model, "in_chans", 3) or 3)
+    full = load_full_resolution(samples.labeled)
+    res, how = choose_round_resolution(cfg, full[0], full[1], full[2], size)
+    project.set_meta("working_resolution", res.to_dict())
+    skip: list[str] = []
+    if not res.is_whole:
+        # EPI, CLCC and SKS stage 1 work on whole images: a patch round trains supervised only
+        if samples.use_semi:
+            skip.append("EPI")
+        if cfg.clcc:
+            skip.append("CLCC")
+        if is_sks(model):
+            skip.append("SKS stage 1")
+        samples = RoundSamples(
+            samples.labeled, [], samples.skipped, False, samples.train, samples.val, samples.val_on
+        )
+    sizing = size_round(
+        cfg,
+        res,
+        how,
+        n_labeled=len(samples.labeled),
+        n_train=len(samples.train) + len(samples.unlabeled),
+        start_resolution=_start_resolution(meta, size, base_is_new),
+        s_per_step=_previous_s_per_step(project),
+    )
+    sizing.not_in_patch_mode = skip
     recipe = round_recipe(
         cfg,
         round_id=round_id,
         use_semi=samples.use_semi,
         base_is_new=base_is_new,
-        sks=is_sks(model),
+        sks=is_sks(model) and res.is_whole,
         use_text=uses_text,
         threshold=float(meta.get("threshold", 0.5) or 0.5),
         out=work,
         pseudo_dir=project.folder / "pseudo" / "epi",
+        sizing=sizing,
+        clcc=cfg.clcc and res.is_whole,
     )
-    size = int(model.img_size)
-    in_chans = int(getattr(model, "in_chans", 3) or 3)
-    train_set = ProjectDataset(
-        samples.train + samples.unlabeled,
-        size,
+    if res.is_whole:
+        train_set = ProjectDataset(
+            samples.train + samples.unlabeled,
+            size,
+            augment=cfg.augment,
+            seed=cfg.seed + round_id,
+            in_chans=in_chans,
+        )
+        val_set = ProjectDataset(samples.val, size, in_chans=in_chans)
+    else:
+        train_set, val_set = _patch_sets(cfg, samples, full, res, sizing, round_id, in_chans)
+    return RoundPlan(
+        model, meta, base, base_is_new, encoder, samples, recipe, train_set, val_set, sizing
+    )
+
+
+def _patch_sets(cfg, samples: RoundSamples, full, res, sizing: RoundSizing, round_id, in_chans):
+    """Training (random patches, half on foreground, colour augmentation) and validation (a
+    grid of patches) sets of a patch-mode round, from the full-resolution labelled samples."""
+    from src_models.data.patches import GridPatchDataset, PatchDataset
+
+    index = {id(it): i for i, it in enumerate(samples.labeled)}
+
+    def pick(items: list[TrainingItem]):
+        ids = [index[id(it)] for it in items]
+        return [[part[i] for i in ids] for part in full]
+
+    images, masks, texts, names = pick(samples.train)
+    train_set = PatchDataset(
+        images,
+        masks,
+        texts,
+        res,
+        samples_per_epoch=sizing.samples_per_epoch,
+        fg_fraction=0.5,
         augment=cfg.augment,
+        color=1.0 if cfg.augment else 0.0,
         seed=cfg.seed + round_id,
         in_chans=in_chans,
+        names=names,
     )
-    val_set = ProjectDataset(samples.val, size, in_chans=in_chans)
-    return RoundPlan(model, meta, base, base_is_new, encoder, samples, recipe, train_set, val_set)
+    images, masks, texts, names = pick(samples.val)
+    val_set = GridPatchDataset(images, masks, texts, res, in_chans=in_chans, names=names)
+    return train_set, val_set
 
 
 def round_recipe(
@@ -204,6 +412,8 @@ def round_recipe(
     threshold: float,
     out: str | os.PathLike | None,
     pseudo_dir: str | os.PathLike,
+    sizing: RoundSizing | None = None,
+    clcc: bool | None = None,
 ) -> TrainingRecipe:
     """The engine configs of a project round: ``cfg.epochs`` epochs at ``cfg.lr`` in one cosine
     cycle, no early stopping; with EPI one EPI update + those epochs per project round (a new,
@@ -213,12 +423,25 @@ def round_recipe(
     from src_models.engine.sks import ClassifierConfig
     from src_models.engine.trainer import TrainConfig
 
+    if sizing is None:  # an epoch-counted round as configured
+        from src_models.data.patches import WorkingResolution
+
+        sizing = size_round(
+            cfg,
+            WorkingResolution.whole(cfg.img_size or 128),
+            "config",
+            n_labeled=1,
+            n_train=1,
+            start_resolution=None,
+            s_per_step=None,
+        )
+    epochs = int(sizing.epochs)
     train = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        min_lr=min(cfg.min_lr, cfg.lr),
-        t0=max(cfg.epochs, 1),
+        epochs=epochs,
+        batch_size=sizing.batch_size,
+        lr=sizing.lr,
+        min_lr=sizing.min_lr,
+        t0=max(epochs, 1),
         patience=10**6,
         seed=cfg.seed + round_id,
         device=cfg.device,
@@ -228,15 +451,15 @@ def round_recipe(
         threshold=threshold,
     )
     clcc = semi = classifier = None
-    if cfg.clcc:
+    if cfg.clcc if clcc is None else clcc:
         from src_models.engine.clcc import CLCCConfig
 
         clcc = CLCCConfig(grid=int(cfg.clcc_grid))
     if use_semi:
         options = {
             "rounds": 1,
-            "round0_epochs": cfg.epochs if base_is_new else 0,
-            "round_epochs": cfg.epochs,
+            "round0_epochs": epochs if base_is_new else 0,
+            "round_epochs": epochs,
             "pseudo_dir": str(pseudo_dir),
             "clcc": clcc,
             **cfg.semi_options,
@@ -244,7 +467,7 @@ def round_recipe(
         semi = semi_engine().SemiConfig(**options)
     if sks:
         classifier = ClassifierConfig(
-            epochs=cfg.epochs, batch_size=max(2, cfg.batch_size), seed=cfg.seed, device=cfg.device
+            epochs=epochs, batch_size=max(2, sizing.batch_size), seed=cfg.seed, device=cfg.device
         )
     return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)
 

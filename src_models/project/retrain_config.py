@@ -10,6 +10,7 @@ from stdin). The command's flags are generated from the fields below (see
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,8 +94,14 @@ class RetrainConfig:
         None,
         "patches mode: input pixels per working pixel (1 native, 2 half; none: chosen)",
     )
-    batch_size: int = _opt(2, "training batch size")
-    lr: float = _opt(3e-4, "learning rate")
+    batch_size: int | None = _opt(
+        None, "training batch size (none: 4 in a round sized in steps, 2 in an epoch-counted one)"
+    )
+    lr: float | None = _opt(
+        None,
+        "learning rate (none: in a round sized in steps 3e-4 when the starting model was "
+        "trained at the chosen resolution, else 1e-3; 3e-4 in an epoch-counted round)",
+    )
     min_lr: float = _opt(1e-5, "lowest learning rate of the cosine schedule")
     model: str = _opt(
         "auto",
@@ -140,6 +147,8 @@ class RetrainConfig:
             )
         if self.resolution_scale is not None and not self.resolution_scale > 0:
             raise ValueError(f"resolution_scale must be > 0, got {self.resolution_scale}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not self.time_budget_s >= 0:
             raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.semi not in SEMI_CHOICES:

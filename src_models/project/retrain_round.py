@@ -250,6 +250,11 @@ def _start_resolution(meta: dict[str, Any], size: int, base_is_new: bool) -> Any
     return WorkingResolution.whole(size)  # checkpoints before working resolutions: whole
 
 
+#: Batch size and learning rate of an epoch-counted round (the settings before rounds were
+#: sized in steps), and the batch size of a step-sized one; a configured value wins.
+EPOCH_ROUND_BATCH, EPOCH_ROUND_LR, STEP_ROUND_BATCH = 2, 3e-4, 4
+
+
 def size_round(
     cfg: RetrainConfig,
     res: Any,
@@ -263,29 +268,28 @@ def size_round(
     """Steps, epochs, batch and learning rate of a round. An explicit ``cfg.epochs`` keeps the
     epoch-counted round at ``cfg.lr``; else ``cfg.steps`` or
     :func:`~src_models.data.patches.steps_for` (capped by ``cfg.time_budget_s`` at the last
-    round's seconds per step), batch ``max(cfg.batch_size, 4)``, lr 3e-4 when the starting model
-    was trained at this resolution, else 1e-3, one cosine decay to lr / 10."""
+    round's seconds per step), batch ``cfg.batch_size`` or 4, ``cfg.lr`` or else 3e-4 when the
+    starting model was trained at this resolution and 1e-3 otherwise, one cosine decay to lr / 10.
+    """
     from src_models.data.patches import RoundPlan, steps_for
 
     if cfg.epochs is not None:
-        spe = None
-        if not res.is_whole:
-            spe = 50 * cfg.batch_size
-        return RoundSizing(
-            res, how, None, int(cfg.epochs), cfg.batch_size, cfg.lr, min(cfg.min_lr, cfg.lr), spe
-        )
+        batch = cfg.batch_size or EPOCH_ROUND_BATCH
+        lr = EPOCH_ROUND_LR if cfg.lr is None else cfg.lr
+        spe = None if res.is_whole else 50 * batch
+        return RoundSizing(res, how, None, int(cfg.epochs), batch, lr, min(cfg.min_lr, lr), spe)
     cap = None
     if s_per_step and cfg.time_budget_s > 0:
         cap = max(1, int(cfg.time_budget_s / s_per_step))
     steps = int(cfg.steps) if cfg.steps is not None else steps_for(n_labeled, maximum=cap)
     same = start_resolution is not None and start_resolution == res
-    lr = 3e-4 if same else 1e-3
-    rule = (
-        "3e-4: the starting model was trained at this resolution"
-        if same
-        else "1e-3: the starting model is new or was trained at another resolution"
-    )
-    batch = max(int(cfg.batch_size), 4)
+    if cfg.lr is not None:
+        lr, rule = float(cfg.lr), "as configured"
+    elif same:
+        lr, rule = 3e-4, "3e-4: the starting model was trained at this resolution"
+    else:
+        lr, rule = 1e-3, "1e-3: the starting model is new or was trained at another resolution"
+    batch = int(cfg.batch_size or STEP_ROUND_BATCH)
     plan = RoundPlan(resolution=res, steps=steps, batch_size=batch, lr=lr, min_lr=lr / 10)
     if res.is_whole:
         epochs = max(1, math.ceil(steps * batch / max(n_train, 1)))

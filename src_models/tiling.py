@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from src_models.data import transforms as T
-from src_models.data.patches import WorkingResolution, rescale_image
+from src_models.data.patches import rescale_image
+from src_models.data.resolution import WorkingResolution
 
 __all__ = [
     "blend_window",

@@ -1,20 +1,10 @@
-"""Working resolution and patch sampling: train on real images of any size.
+"""Patch sampling at a working resolution: train on real images of any size.
 
-A model works on ``S x S`` inputs (its ``img_size``). An image can reach it in two ways:
-
-- ``"whole"``: the whole image is resized to ``S x S`` (the LViT protocol). Right when images
-  are close to ``S``, or when the objects stay several pixels wide after the resize, or when the
-  texts talk about positions in the whole image ("lower left lung") and the images are not
-  large: a patch would not know which part of the image it shows.
-- ``"patches"``: the image is rescaled by ``1 / scale`` (``scale`` = input pixels per working
-  pixel: 1.0 native resolution, 2.0 half resolution) and cut into ``S x S`` patches, for
-  training (:class:`PatchDataset`, random patches, biased towards foreground) and for prediction
-  (:func:`src_models.tiling.predict_tiled`, a sliding window). Right for large images with small
-  objects (H&E nuclei in 1000 x 1000 tiles shrink to 2-3 px when resized whole to 128).
-
-:func:`choose_resolution` picks one of the two from the image sizes, the texts and (optionally)
-the labeled masks; :class:`WorkingResolution` is small and JSON-serialisable, so a checkpoint
-can carry it and prediction uses the same resolution as training.
+A model works on ``S x S`` inputs (its ``img_size``); :mod:`src_models.data.resolution` says
+how an image reaches it (resized whole, or rescaled and cut into ``S x S`` patches). This module
+rescales images and masks to that resolution and samples training items from them:
+:class:`PatchDataset` (random patches, half of them centred on foreground, with colour
+augmentation) and :class:`GridPatchDataset` (a fixed grid, for validation).
 
 Items of both datasets match :class:`~src_models.data.SegmentationDataset`: ``image`` float32
 ``[C, S, S]`` in [0, 1], ``mask`` float32 ``[1, S, S]``, ``has_mask`` bool, ``text`` str,
@@ -26,251 +16,31 @@ of images: see :func:`steps_for`.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from . import transforms as T
+from .resolution import (  # re-exported: the working resolution travels with the patches
+    WorkingResolution,
+    choose_resolution,
+    object_diameters,
+    steps_for,
+)
 
 __all__ = [
     "GridPatchDataset",
     "PatchDataset",
-    "RoundPlan",
     "WorkingResolution",
     "choose_resolution",
     "color_augment",
     "object_diameters",
-    "plan_round",
     "rescale_image",
     "rescale_mask",
     "steps_for",
 ]
-
-_MODES = ("whole", "patches")
-
-# Rule constants (see choose_resolution); measured on MoNuSeg and synthetic chest X-rays.
-NEAR_MODEL_SIZE = 1.5  # max side <= 1.5 * S: resize whole, patches would gain little
-LARGE_IMAGE = 4.0  # max side > 4 * S: "large" (a whole-image resize loses detail)
-MIN_OBJECT_PX = 8.0  # objects narrower than this at the working resolution are lost
-TARGET_OBJECT_PX = 8.0  # in patch mode, downscale while objects stay at least this wide
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkingResolution:
-    """How images reach a model of input size ``patch``.
-
-    ``mode="whole"``: each image is resized to ``patch x patch`` (``scale`` is ignored).
-    ``mode="patches"``: each image is rescaled by ``1 / scale`` and cut into
-    ``patch x patch`` windows; ``scale`` = input pixels per working pixel (1.0 native, 2.0 half).
-    """
-
-    mode: str = "whole"
-    patch: int = 128
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise ValueError(f"WorkingResolution.mode must be one of {_MODES}, got {self.mode!r}")
-        if int(self.patch) < 1:
-            raise ValueError(f"WorkingResolution.patch must be positive, got {self.patch}")
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"WorkingResolution.scale must be > 0, got {self.scale}")
-        object.__setattr__(self, "patch", int(self.patch))
-        object.__setattr__(self, "scale", float(self.scale))
-
-    @property
-    def is_whole(self) -> bool:
-        return self.mode == "whole"
-
-    def working_shape(self, shape: Sequence[int]) -> tuple[int, int]:
-        """The ``(h, w)`` an image of ``shape`` (``(H, W, ...)``) has at this resolution."""
-        h, w = int(shape[0]), int(shape[1])
-        if self.is_whole:
-            return self.patch, self.patch
-        return max(1, round(h / self.scale)), max(1, round(w / self.scale))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "patch": self.patch, "scale": self.scale}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WorkingResolution:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored (newer checkpoints)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(data).items() if k in known})
-
-    @classmethod
-    def whole(cls, patch: int) -> WorkingResolution:
-        return cls("whole", patch, 1.0)
-
-
-def object_diameters(masks: Sequence[np.ndarray], max_objects: int = 20000) -> np.ndarray:
-    """Equivalent diameters ``2 * sqrt(area / pi)`` (pixels) of the connected objects in masks."""
-    from scipy import ndimage
-
-    out: list[np.ndarray] = []
-    for m in masks:
-        if m is None:
-            continue
-        lab, n = ndimage.label(np.asarray(m) != 0)
-        if n == 0:
-            continue
-        areas = np.bincount(lab.ravel())[1:]
-        out.append(2.0 * np.sqrt(areas[areas > 0] / math.pi))
-        if sum(len(a) for a in out) >= max_objects:
-            break
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def choose_resolution(
-    image_shapes: Sequence[Sequence[int]],
-    texts: Sequence[str | None] = (),
-    model_img_size: int = 128,
-    masks: Sequence[np.ndarray | None] | None = None,
-) -> WorkingResolution:
-    """The working resolution for images of ``image_shapes`` and a model of ``model_img_size``.
-
-    The rule, in order (``S`` = ``model_img_size``, ``L`` = the largest image side):
-
-    1. ``L <= 1.5 S``: ``whole`` (a resize changes little).
-    2. Texts that name positions in the whole image (left/right/upper/lower, as QaTa reports
-       do) and ``L <= 4 S`` (not large): ``whole``, so the position words stay true.
-    3. With labeled ``masks``: the typical object (median equivalent diameter ``d`` of the
-       connected components, in image pixels) is ``d * S / L`` px wide after a whole-image
-       resize. At least :data:`MIN_OBJECT_PX` (8): ``whole``. Otherwise ``patches``, at the
-       coarsest scale among 1, 2, 4 that keeps ``d / scale >= TARGET_OBJECT_PX`` and every image
-       at least one patch wide (coarser = more context per patch and cheaper prediction).
-    4. Without masks: ``L <= 4 S``: ``whole``; larger: ``patches`` at native resolution.
-    """
-    from .dataset import has_spatial_words
-
-    size = int(model_img_size)
-    if not image_shapes:
-        return WorkingResolution.whole(size)
-    largest = max(max(int(s[0]), int(s[1])) for s in image_shapes)
-    smallest = min(min(int(s[0]), int(s[1])) for s in image_shapes)
-    if largest <= NEAR_MODEL_SIZE * size:
-        return WorkingResolution.whole(size)
-    if largest <= LARGE_IMAGE * size and has_spatial_words(list(texts)):
-        return WorkingResolution.whole(size)
-    labeled = [m for m in masks if m is not None] if masks is not None else []
-    diam = object_diameters(labeled) if labeled else np.zeros(0)
-    if len(diam):
-        d = float(np.median(diam))
-        if d * size / largest >= MIN_OBJECT_PX:
-            return WorkingResolution.whole(size)
-        scale = 1.0
-        for s in (2.0, 4.0):
-            if d / s >= TARGET_OBJECT_PX and smallest / s >= size:
-                scale = s
-        return WorkingResolution("patches", size, scale)
-    if largest <= LARGE_IMAGE * size:
-        return WorkingResolution.whole(size)
-    return WorkingResolution("patches", size, 1.0)
-
-
-def steps_for(
-    n_labeled: int,
-    *,
-    per_image: int = 100,
-    minimum: int = 300,
-    maximum: int | None = None,
-) -> int:
-    """Optimizer steps for one round on ``n_labeled`` labeled images: ``max(minimum,
-    per_image * n)``, capped at ``maximum`` (e.g. what the seconds budget allows)."""
-    steps = max(int(minimum), int(per_image) * max(int(n_labeled), 1))
-    return steps if maximum is None else max(1, min(steps, int(maximum)))
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundPlan:
-    """One retraining round, counted in optimizer steps (see :func:`plan_round`).
-
-    Feed it to :class:`PatchDataset` (``samples_per_epoch``, ``fg_fraction``, ``color``) and
-    :class:`~src_models.engine.TrainConfig` (``epochs``, ``batch_size``, ``lr``, ``min_lr``,
-    ``t0=epochs``: one cosine decay over the round). An "epoch" is ``steps_per_epoch`` steps:
-    the unit of validation, early stopping and progress events.
-    """
-
-    resolution: WorkingResolution
-    steps: int
-    batch_size: int = 4
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    fg_fraction: float = 0.5
-    color: float = 1.0
-    steps_per_epoch: int = 50
-
-    @property
-    def epochs(self) -> int:
-        return max(1, math.ceil(self.steps / self.steps_per_epoch))
-
-    @property
-    def samples_per_epoch(self) -> int:
-        return min(self.steps, self.steps_per_epoch) * self.batch_size
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["resolution"] = self.resolution.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RoundPlan:
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in dict(data).items() if k in known}
-        d["resolution"] = WorkingResolution.from_dict(d["resolution"])
-        return cls(**d)
-
-
-def plan_round(
-    image_shapes: Sequence[Sequence[int]],
-    texts: Sequence[str | None],
-    masks: Sequence[np.ndarray | None],
-    model_img_size: int,
-    *,
-    current_resolution: WorkingResolution | None = None,
-    seconds_per_step: float | None = None,
-    budget_s: float = 90.0,
-    per_image: int = 100,
-    min_steps: int = 300,
-) -> RoundPlan:
-    """The recipe for one round on the labeled images (``masks``; ``None`` = unlabeled).
-
-    Resolution by :func:`choose_resolution` over the labeled images (all images if none is
-    labeled); steps by :func:`steps_for` (``max(300, 100 * k)``), capped at what
-    ``budget_s`` allows when ``seconds_per_step`` (measured, e.g. over the first steps of the
-    previous round) is given. Batch 4, Adam with one cosine decay to lr / 10 over the round,
-    half the patches centred on foreground, colour augmentation (strength 1) in patch mode;
-    whole-image mode keeps the LViT augmentation only, as today.
-
-    The round starts from the current model (the shipped default or the last round's) when its
-    architecture and input size fit: measured on MoNuSeg that beats a fresh start even from the
-    chest X-ray default. ``current_resolution`` is the resolution that model was trained at
-    (``None``: unknown): when it equals the chosen one, the model only needs fine-tuning and
-    lr is 3e-4 (synthetic chest X-rays: 1e-3 for 300 steps loses 1.6 Dice points against
-    3e-4); otherwise it learns a new task at 1e-3.
-    """
-    labeled = [i for i, m in enumerate(masks) if m is not None]
-    pick = labeled or list(range(len(image_shapes)))
-    res = choose_resolution(
-        [image_shapes[i] for i in pick],
-        [texts[i] for i in pick] if texts else [],
-        model_img_size,
-        [masks[i] for i in labeled] if labeled else None,
-    )
-    cap = None
-    if seconds_per_step is not None and seconds_per_step > 0:
-        cap = max(1, int(budget_s / seconds_per_step))
-    steps = steps_for(len(labeled), per_image=per_image, minimum=min_steps, maximum=cap)
-    lr = 3e-4 if current_resolution == res else 1e-3
-    return RoundPlan(
-        resolution=res, steps=steps, lr=lr, min_lr=lr / 10, color=0.0 if res.is_whole else 1.0
-    )
-
 
 # --------------------------------------------------------------------------- rescaling
 

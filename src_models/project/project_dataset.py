@@ -103,7 +103,7 @@ class ProjectDataset(SegmentationDataset):
             [0 if it.kind == "no_lesion" else -1 for it in self.items], dtype=np.int8
         )
         self.spatial_text = has_spatial_words(texts) if spatial_text is None else bool(spatial_text)
-        from src_models.data.patches import WorkingResolution
+        from src_models.data.resolution import WorkingResolution
 
         #: how images reach the model (the Trainer stores it in the checkpoint)
         self.resolution = WorkingResolution.whole(self.img_size)

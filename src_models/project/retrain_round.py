@@ -5,9 +5,8 @@ round's metrics."""
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,19 @@ from .project_dataset import ProjectDataset, load_full_resolution, split_validat
 from .records import TrainingItem
 from .retrain_config import RetrainConfig, RetrainError
 from .retrain_events import RetrainRoundStart
+from .retrain_sizing import (
+    RoundSizing,
+    choose_round_resolution,
+    previous_s_per_step,
+    size_round,
+    trained_resolution,
+)
 from .store import Project
 
 __all__ = [
     "FitLog",
     "RoundPlan",
     "RoundSamples",
-    "RoundSizing",
-    "choose_round_resolution",
-    "size_round",
     "plan_round",
     "round_recipe",
     "validation_dice",
@@ -160,145 +163,6 @@ def _samples(
     return RoundSamples(labeled, unlabeled, skipped, use_semi, train, val, val_on)
 
 
-@dataclass
-class RoundSizing:
-    """How big a round is and at which resolution it works (see :mod:`src_models.data.patches`).
-
-    ``steps``: the planned optimizer steps (``None``: an epoch-counted round, ``cfg.epochs``);
-    ``lr``/``min_lr``/``batch_size``: what the engine gets; ``lr_rule`` says why.
-    """
-
-    resolution: Any  # WorkingResolution
-    resolution_from: str  # "chosen" or "config"
-    steps: int | None
-    epochs: int
-    batch_size: int
-    lr: float
-    min_lr: float
-    samples_per_epoch: int | None = None  # patches mode
-    lr_rule: str = "config"
-    step_cap: int | None = None
-    s_per_step: float | None = None
-    not_in_patch_mode: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "working_resolution": self.resolution.to_dict(),
-            "plan": {
-                "resolution_from": self.resolution_from,
-                "steps": self.steps,
-                "epochs": self.epochs,
-                "batch_size": self.batch_size,
-                "lr": self.lr,
-                "min_lr": self.min_lr,
-                "lr_rule": self.lr_rule,
-                "samples_per_epoch": self.samples_per_epoch,
-                "step_cap": self.step_cap,
-                "s_per_step_before": self.s_per_step,
-            },
-        }
-        if self.not_in_patch_mode:
-            out["not_in_patch_mode"] = list(self.not_in_patch_mode)
-        return out
-
-
-def choose_round_resolution(
-    cfg: RetrainConfig,
-    images: list[np.ndarray],
-    masks: list[np.ndarray | None],
-    texts: list[str],
-    size: int,
-) -> tuple[Any, str]:
-    """The round's :class:`~src_models.data.patches.WorkingResolution` and where it came from:
-    ``cfg.resolution`` ("whole" / "patches", with ``cfg.resolution_scale``) or
-    :func:`~src_models.data.patches.choose_resolution` over the labelled images."""
-    from src_models.data.patches import WorkingResolution, choose_resolution
-
-    if cfg.resolution == "whole":
-        return WorkingResolution.whole(size), "config"
-    shapes = [im.shape[:2] for im in images]
-    res = choose_resolution(shapes, texts, size, masks)
-    how = "chosen"
-    if cfg.resolution == "patches" and res.is_whole:
-        res, how = WorkingResolution("patches", size, 1.0), "config"
-    if not res.is_whole and cfg.resolution_scale is not None:
-        res, how = WorkingResolution("patches", size, float(cfg.resolution_scale)), "config"
-    return res, how
-
-
-def _previous_s_per_step(project: Project) -> float | None:
-    """Seconds per optimizer step of the project's last round that measured it."""
-    for r in reversed(project.rounds()):
-        value = (r.metrics or {}).get("s_per_step")
-        if isinstance(value, (int, float)) and value > 0:
-            return float(value)
-    return None
-
-
-def _start_resolution(meta: dict[str, Any], size: int, base_is_new: bool) -> Any:
-    """The working resolution the starting model was trained at (``None``: untrained)."""
-    from src_models.data.patches import WorkingResolution
-
-    if base_is_new:
-        return None
-    stored = meta.get("working_resolution")
-    if isinstance(stored, dict):
-        try:
-            return WorkingResolution.from_dict(stored)
-        except (TypeError, ValueError):
-            return None
-    return WorkingResolution.whole(size)  # checkpoints before working resolutions: whole
-
-
-#: Batch size and learning rate of an epoch-counted round (the settings before rounds were
-#: sized in steps), and the batch size of a step-sized one; a configured value wins.
-EPOCH_ROUND_BATCH, EPOCH_ROUND_LR, STEP_ROUND_BATCH = 2, 3e-4, 4
-
-
-def size_round(
-    cfg: RetrainConfig,
-    res: Any,
-    how: str,
-    *,
-    n_labeled: int,
-    n_train: int,
-    start_resolution: Any,
-    s_per_step: float | None,
-) -> RoundSizing:
-    """Steps, epochs, batch and learning rate of a round. An explicit ``cfg.epochs`` keeps the
-    epoch-counted round at ``cfg.lr``; else ``cfg.steps`` or
-    :func:`~src_models.data.patches.steps_for` (capped by ``cfg.time_budget_s`` at the last
-    round's seconds per step), batch ``cfg.batch_size`` or 4, ``cfg.lr`` or else 3e-4 when the
-    starting model was trained at this resolution and 1e-3 otherwise, one cosine decay to lr / 10.
-    """
-    from src_models.data.patches import RoundPlan, steps_for
-
-    if cfg.epochs is not None:
-        batch = cfg.batch_size or EPOCH_ROUND_BATCH
-        lr = EPOCH_ROUND_LR if cfg.lr is None else cfg.lr
-        spe = None if res.is_whole else 50 * batch
-        return RoundSizing(res, how, None, int(cfg.epochs), batch, lr, min(cfg.min_lr, lr), spe)
-    cap = None
-    if s_per_step and cfg.time_budget_s > 0:
-        cap = max(1, int(cfg.time_budget_s / s_per_step))
-    steps = int(cfg.steps) if cfg.steps is not None else steps_for(n_labeled, maximum=cap)
-    same = start_resolution is not None and start_resolution == res
-    if cfg.lr is not None:
-        lr, rule = float(cfg.lr), "as configured"
-    elif same:
-        lr, rule = 3e-4, "3e-4: the starting model was trained at this resolution"
-    else:
-        lr, rule = 1e-3, "1e-3: the starting model is new or was trained at another resolution"
-    batch = int(cfg.batch_size or STEP_ROUND_BATCH)
-    plan = RoundPlan(resolution=res, steps=steps, batch_size=batch, lr=lr, min_lr=lr / 10)
-    if res.is_whole:
-        epochs = max(1, math.ceil(steps * batch / max(n_train, 1)))
-        spe = None
-    else:
-        epochs, spe = plan.epochs, plan.samples_per_epoch
-    return RoundSizing(res, how, steps, epochs, batch, lr, lr / 10, spe, rule, cap, s_per_step)
-
-
 def plan_round(
     project: Project,
     cfg: RetrainConfig,
@@ -342,8 +206,8 @@ def plan_round(
         how,
         n_labeled=len(samples.labeled),
         n_train=len(samples.train) + len(samples.unlabeled),
-        start_resolution=_start_resolution(meta, size, base_is_new),
-        s_per_step=_previous_s_per_step(project),
+        start_resolution=trained_resolution(meta, size, base_is_new),
+        s_per_step=previous_s_per_step(project),
     )
     sizing.not_in_patch_mode = skip
     recipe = round_recipe(
@@ -428,7 +292,7 @@ def round_recipe(
     from src_models.engine.trainer import TrainConfig
 
     if sizing is None:  # an epoch-counted round as configured
-        from src_models.data.patches import WorkingResolution
+        from src_models.data.resolution import WorkingResolution
 
         sizing = size_round(
             cfg,

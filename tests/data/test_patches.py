@@ -252,23 +252,3 @@ def test_color_augment_changes_intensity_not_geometry():
     np.testing.assert_allclose(color_augment(img, rng, 0.0), img)
     ds = PatchDataset([img], [mask], None, WorkingResolution("patches", 32, 1.0), color=1.0)
     assert ds[0]["image"].shape == (3, 32, 32)
-
-
-def test_plan_round_counts_steps_and_round_trips():
-    from src_models.data.patches import RoundPlan, plan_round
-
-    big = (1000, 1000)
-    nuclei = _disc_mask(big, [(100 + 60 * i, 100 + 60 * j) for i in range(5) for j in range(5)], 9)
-    plan = plan_round([big, big], ["t", "t"], [nuclei, None], 128)
-    assert plan.resolution == WorkingResolution("patches", 128, 2.0)
-    assert plan.steps == 300 and plan.color > 0
-    assert plan.epochs * plan.steps_per_epoch >= plan.steps
-    assert plan.samples_per_epoch == plan.steps_per_epoch * plan.batch_size
-    capped = plan_round([big] * 10, ["t"] * 10, [nuclei] * 10, 128, seconds_per_step=0.3)
-    assert capped.steps == 300  # 90 s budget / 0.3 s per step, below the 1000 of the rule
-    assert RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
-    xray = plan_round([(224, 224)], ["Lesion in the lower left lung."], [nuclei[:224, :224]], 128)
-    assert xray.resolution.is_whole and xray.color == 0.0 and xray.lr == 1e-3
-    again = plan_round([(224, 224)], ["Lesion in the lower left lung."], [nuclei[:224, :224]],
-                       128, current_resolution=WorkingResolution.whole(128))  # fmt: skip
-    assert again.lr == 3e-4 and again.min_lr == pytest.approx(3e-5)

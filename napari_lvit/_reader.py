@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
@@ -32,6 +33,12 @@ def read_images(path):
         metadata = {"source_path": str(p)}
         note = Path(str(p) + ".txt")
         if note.is_file():
-            metadata["description"] = note.read_text(encoding="utf-8").strip()
+            try:
+                metadata["description"] = note.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:  # the image still opens; its description is left out
+                warnings.warn(
+                    f"{note} is not UTF-8 text: its description was not read; save it as UTF-8",
+                    stacklevel=2,
+                )
         layers.append((data, {"name": Path(p).name, "rgb": rgb, "metadata": metadata}, "image"))
     return layers

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from src_models.data.io import to_float01
-from src_models.data.patches import WorkingResolution
+from src_models.data.resolution import WorkingResolution
 from src_models.data.transforms import resize_image, resize_prob
 from src_models.device import autocast, resolve_device
 from src_models.inference_checks import MAX_PIXELS, check_threshold, guarded

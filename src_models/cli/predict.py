@@ -36,7 +36,13 @@ def _add_evaluate(sub) -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON (dice, iou, n, per_image)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-text", action="store_true")
+    p.add_argument("--no-text", action="store_true", help="run a text model without text")
+    p.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="a mask value above this is lesion (default: masks must be 0/1, 0/255 or boolean)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -114,10 +120,25 @@ def cmd_evaluate(args) -> int:
     from src_models.text import TextEncoder
 
     model, meta = load_model(args.checkpoint)
-    use_text = bool(model.uses_text) and not args.no_text and meta.get("text_encoder")
-    encoder = TextEncoder(meta["text_encoder"]) if use_text else None
-    dataset = SegmentationDataset(args.data, int(model.img_size))
-    result = evaluate(model, dataset, text_encoder=encoder, device=args.device)
+    # (a checkpoint trained with --no-text says so: its model is loaded with uses_text False)
+    use_text = bool(model.uses_text) and not args.no_text
+    encoder = TextEncoder(meta.get("text_encoder") or "default") if use_text else None
+    dataset = SegmentationDataset(
+        args.data, int(model.img_size), mask_threshold=args.mask_threshold
+    )
+    if (meta.get("working_resolution") or {}).get("mode") == "patches":
+        # trained on patches: score full-size images through the same tiled path as predict
+        from src_models.engine.evaluate import evaluate_full_size
+        from src_models.inference import Predictor
+
+        predictor = Predictor(args.checkpoint, device=args.device)
+        if not use_text:
+            predictor.uses_text, predictor.text_encoder = False, None
+        result = evaluate_full_size(predictor, dataset)
+    else:
+        result = evaluate(
+            model, dataset, text_encoder=encoder, use_text=use_text, device=args.device
+        )
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -19,6 +19,12 @@ def _add_train(sub) -> None:
     p.add_argument("--patience", type=int, default=50)
     p.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     p.add_argument("--no-text", action="store_true", help="train the same model without text")
+    p.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="a mask value above this is lesion (default: masks must be 0/1, 0/255 or boolean)",
+    )
     p.add_argument("--text-encoder", default="default", help="'default' or a local HF folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -190,6 +196,7 @@ def _train_datasets(args, size: int):
     if not 0.0 < args.labeled_fraction <= 1.0:
         raise ValueError(f"--labeled-fraction must be in (0, 1], got {args.labeled_fraction}")
     augment = not args.no_augment
+    mt = args.mask_threshold
     use_unlabeled = args.semi == "epi" or args.clcc
     if use_unlabeled or args.labeled_fraction < 1.0:
         from src_models.data.dataset import scan_split
@@ -201,11 +208,13 @@ def _train_datasets(args, size: int):
         rest = f", {len(unlabeled)} without masks" if use_unlabeled else None
         print(f"{len(labeled)} labeled images" + (rest or f" ({len(unlabeled)} left out)"))
         train_set = SegmentationDataset(
-            records, size, augment=augment, seed=args.seed, require_masks=False
+            records, size, augment=augment, seed=args.seed, require_masks=False, mask_threshold=mt
         )
     else:
-        train_set = SegmentationDataset(args.data, size, augment=augment, seed=args.seed)
-    val_set = SegmentationDataset(args.val, size) if args.val else None
+        train_set = SegmentationDataset(
+            args.data, size, augment=augment, seed=args.seed, mask_threshold=mt
+        )
+    val_set = SegmentationDataset(args.val, size, mask_threshold=mt) if args.val else None
     return train_set, val_set
 
 

@@ -208,6 +208,7 @@ def _load_record(
     in_chans: int,
     mask_mode: str,
     max_pixels: int | None,
+    mask_threshold: float | None = None,
 ) -> list[tuple[str, np.ndarray, np.ndarray | None, tuple[int, int]]]:
     """Read one record; return (name, image uint8, mask bool | None, original (H, W)) per slice."""
     try:
@@ -242,7 +243,11 @@ def _load_record(
         m = None
         if msk is not None:
             mz = msk.slice(z) if msk.is_volume else msk.data
-            m = T.resize_mask(mask_from_array(mz, rgb=msk.rgb), img_size, mode=mask_mode)
+            try:
+                binary = mask_from_array(mz, rgb=msk.rgb, threshold=mask_threshold)
+            except ValueError as exc:
+                raise DatasetError(f"Mask '{rec.mask_path}': {exc}") from exc
+            m = T.resize_mask(binary, img_size, mode=mask_mode)
         name = f"{rec.name}_z{z:0{width}d}" if img.is_volume else rec.name
         out.append((name, _to_uint8(f), m, (int(orig[0]), int(orig[1]))))
     return out
@@ -271,6 +276,10 @@ class SegmentationDataset(Dataset):
     require_masks, require_text:
         Passed to :func:`scan_split`. Records without a mask give an all-zero mask and
         ``has_mask=False``.
+    mask_threshold:
+        ``None`` (default): masks must be binary (0/1, 0/255 or boolean), anything else is a
+        :class:`DatasetError` naming the values found; a number: a mask value above it is
+        lesion (see :func:`~src_models.data.io.mask_from_array`).
     mask_resize:
         ``"nearest"`` (default) or ``"any"`` (official LViT: bilinear then > 0); see
         :func:`transforms.resize_mask`.
@@ -299,6 +308,7 @@ class SegmentationDataset(Dataset):
         require_masks: bool = True,
         require_text: bool = False,
         mask_resize: str = "nearest",
+        mask_threshold: float | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         num_workers: int | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -324,6 +334,7 @@ class SegmentationDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.mask_resize = mask_resize
+        self.mask_threshold = mask_threshold
 
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
@@ -331,7 +342,9 @@ class SegmentationDataset(Dataset):
         results: list = [None] * total
 
         def work(i: int):
-            return _load_record(records[i], self.img_size, self.in_chans, mask_resize, max_pixels)
+            return _load_record(
+                records[i], self.img_size, self.in_chans, mask_resize, max_pixels, mask_threshold
+            )
 
         if num_workers > 1 and total > 1:
             with ThreadPoolExecutor(max_workers=num_workers) as pool:

@@ -49,6 +49,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "mask_from_array",
+    "mask_values",
     "probe_image",
     "read_image",
     "read_mask",
@@ -168,25 +169,66 @@ def to_float01(image: np.ndarray, *, value_range: tuple[float, float] | None = N
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def mask_from_array(arr: np.ndarray, *, rgb: bool | None = None) -> np.ndarray:
-    """Binary mask from a label image: any nonzero value is True; colour reduced by any channel.
+def mask_values(arr: np.ndarray, limit: int = 8) -> list:
+    """Up to ``limit`` distinct values of ``arr`` (sorted), for messages and checks."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)).tolist()
+    else:
+        values = np.unique(arr).tolist()
+    return values[:limit] + (["..."] if len(values) > limit else [])
+
+
+def mask_from_array(
+    arr: np.ndarray, *, rgb: bool | None = None, threshold: float | None = None
+) -> np.ndarray:
+    """Binary mask from a label image; colour reduced by any channel (an alpha channel is
+    ignored).
+
+    Without ``threshold`` the values must be those of a binary mask: boolean, 0/1 or 0/255;
+    anything else (a background of 1-3, a label image with many classes, probabilities) raises
+    ``ValueError`` naming the values found, since reading it as "nonzero is lesion" would
+    silently mark most of the image as lesion. With ``threshold`` a value above it is True.
 
     ``rgb`` says whether the last axis is a colour axis (guessed from shape when ``None``:
-    a last axis of 3 or 4 on a 3D array). An alpha channel is ignored.
+    a last axis of 3 or 4 on a 3D array).
     """
     arr = np.asarray(arr)
     if rgb is None:
         rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4)
-    if rgb:
-        arr = arr[..., :3] if arr.shape[-1] == 4 else arr
-        return np.any(arr != 0, axis=-1)
-    return arr != 0
+    if rgb and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if threshold is not None:
+        t = float(threshold)
+        if not np.isfinite(t):
+            raise ValueError(f"mask threshold must be a finite number, got {threshold!r}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError("the mask has NaN or infinite values")
+        binary = arr > t
+    else:
+        if arr.dtype != bool:
+            if arr.dtype.kind not in "iuf":
+                raise ValueError(f"a mask must hold numbers, got dtype {arr.dtype}")
+            values = mask_values(arr)
+            if not (set(values) <= {0, 1} or set(values) <= {0, 255}):
+                shown = ", ".join(str(v) for v in values)
+                raise ValueError(
+                    f"the mask holds the values {shown}, not a binary mask (0/1, 0/255 or "
+                    "boolean): pass a mask threshold (e.g. --mask-threshold 0 if its "
+                    "background is 0) or fix the mask file"
+                )
+        binary = arr != 0
+    return np.any(binary, axis=-1) if rgb else binary
 
 
 def read_mask(
-    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    threshold: float | None = None,
 ) -> np.ndarray:
-    """Read a 2D mask as bool ``[H, W]``: any nonzero value (in any colour channel) is True."""
+    """Read a 2D mask as bool ``[H, W]`` (see :func:`mask_from_array`: 0/1, 0/255 or boolean,
+    or any values with ``threshold``); :class:`ImageReadError` names the file."""
     loaded = load_image(path, max_pixels=max_pixels)
     data = loaded.data
     if loaded.is_volume:
@@ -197,7 +239,10 @@ def read_mask(
                 f"use load_image for volumes",
             )
         data = data[0]
-    return mask_from_array(data, rgb=loaded.rgb)
+    try:
+        return mask_from_array(data, rgb=loaded.rgb, threshold=threshold)
+    except ValueError as exc:
+        raise ImageReadError(loaded.path, str(exc)) from exc
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:

@@ -154,6 +154,10 @@ def _pil_open(path: Path, max_pixels: int | None, decode: bool) -> LoadedImage |
     return LoadedImage(arr, is_volume=False, rgb=rgb, path=path)
 
 
+class _ChannelError(ValueError):
+    """A TIFF whose channels are neither grey, RGB nor RGBA."""
+
+
 def _tiff_layout(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], bool, bool, list]:
     """How a tifffile series (shape, axes) maps onto our conventions.
 
@@ -179,6 +183,20 @@ def _tiff_layout(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], bo
         plan.append(("moveaxis", i, -1))
         cur_axes.append(cur_axes.pop(i))
         cur_shape.append(cur_shape.pop(i))
+    for ax in "SC":
+        if not rgb and ax in cur_axes and cur_shape[cur_axes.index(ax)] not in (1,):
+            n = cur_shape[cur_axes.index(ax)]
+            raise _ChannelError(f"it has {n} channels (shape {shape}, axes {axes})")
+    if (
+        not rgb
+        and len(cur_shape) == 3
+        and cur_axes[0] in "QI"
+        and 2 <= cur_shape[-1] <= 4
+        and min(cur_shape[:2]) > 4 * cur_shape[-1]
+    ):
+        # [H, W, 2] written without saying what its last axis is: read as H slices of
+        # W x 2 pixels, it would be a volume of thin strips
+        raise _ChannelError(f"it looks like an image with {cur_shape[-1]} channels (shape {shape})")
     n_spatial = 3 if rgb else 2
     lead = cur_shape[: len(cur_shape) - n_spatial]
     tail = cur_shape[len(cur_shape) - n_spatial :]
@@ -201,7 +219,14 @@ def _tiff_open(path: Path, max_pixels: int | None, decode: bool):
             if not tf.series:
                 raise ImageReadError(path, "the TIFF file holds no image data")
             series = tf.series[0]
-            shape, is_volume, rgb, plan = _tiff_layout(series.shape, series.axes)
+            try:
+                shape, is_volume, rgb, plan = _tiff_layout(series.shape, series.axes)
+            except _ChannelError as exc:
+                raise ImageReadError(
+                    path,
+                    f"{exc}; napari-lvit reads grey, RGB or RGBA images [H, W] / [H, W, 3|4] "
+                    "and volumes [Z, H, W]: save one channel, or the image as RGB",
+                ) from exc
             _check_shape(path, shape[:-1] if rgb else shape, max_pixels)
             if not decode:
                 return (shape[:-1] if rgb else shape), rgb

@@ -114,10 +114,19 @@ def _check_side(side: str) -> None:
         raise ValueError(f"unknown side {side!r}; use one of {SIDES} (the patient's side)")
 
 
+#: The largest synthetic image side: a 4096 x 4096 RGB sample is 50 MB while it is drawn.
+MAX_SIZE = 4096
+
+
 def _check_size(size: int) -> int:
     size = int(size)
     if size < _MIN_SIZE:
         raise ValueError(f"synthetic images need size >= {_MIN_SIZE}, got {size}")
+    if size > MAX_SIZE:
+        raise ValueError(
+            f"synthetic images need size <= {MAX_SIZE}, got {size} (one {size} x {size} RGB "
+            f"sample alone would need {size * size * 3 * 8 / 1e9:.0f} GB while it is drawn)"
+        )
     return size
 
 

@@ -116,6 +116,11 @@ def _table_rows(path: str | os.PathLike) -> tuple[Path, list[str], list[list]]:
             raise DatasetError(f"Text table '{p}': unsupported type (use .csv or .xlsx)")
     except DatasetError:
         raise
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"Text table '{p}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"position {exc.start}): save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)"
+        ) from None
     except Exception as exc:
         raise DatasetError(f"Cannot read text table '{p}': {type(exc).__name__}: {exc}") from exc
     header_idx = None

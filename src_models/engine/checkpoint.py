@@ -206,7 +206,68 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("model_name", "model_config"):
         if key not in meta:
             raise CheckpointError(f"{p}: the checkpoint metadata has no '{key}'")
+    _check_meta_values(p, meta)
     return meta
+
+
+def _check_meta_values(p: Path, meta: dict[str, Any]) -> None:
+    """The stored values a prediction uses as they are: a threshold strictly between 0 and 1
+    (0, 1, NaN, -1 or 1e9 would give a full or an empty mask without a word), ``uses_text`` a
+    boolean."""
+    import math
+
+    threshold = meta.get("threshold", 0.5)
+    ok = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if not (ok and math.isfinite(threshold) and 0.0 < threshold < 1.0):
+        raise CheckpointError(
+            f"{p}: its stored threshold must be a number from 0 to 1 (exclusive), got "
+            f"{threshold!r}; the checkpoint is damaged",
+            hint="pass --threshold to override it, or use another checkpoint",
+        )
+    if not isinstance(meta.get("uses_text", False), bool):
+        raise CheckpointError(
+            f"{p}: its stored 'uses_text' must be true or false, got {meta['uses_text']!r}"
+        )
+
+
+#: The most parameters a checkpoint's model may have (4 GB of float32 weights).
+MAX_PARAMS = 1_000_000_000
+
+
+def _check_finite_weights(p: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or infinite values (a training run that diverged)."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(
+            f"{p}: {len(bad)} of its {len(tensors)} weight tensors hold NaN or infinite values "
+            f"(e.g. {', '.join(bad[:3])}): the training run that wrote it diverged",
+            hint="use another checkpoint, or retrain with a lower learning rate",
+        )
+
+
+def _build_checked(p: Path, name: str, config: dict[str, Any]) -> nn.Module:
+    """``create_model(name, **config)`` after the config passed the registry's limits and a
+    build on the meta device (no memory) counted at most :data:`MAX_PARAMS` parameters."""
+    from src_models.models import create_model
+
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **config)
+        n_params = sum(t.numel() for t in probe.parameters())
+        del probe
+        if n_params > MAX_PARAMS:
+            raise CheckpointError(
+                f"{p}: its stored configuration describes a model of {n_params} parameters "
+                f"(more than {MAX_PARAMS}, {4 * n_params / 1e9:.0f} GB); the checkpoint is "
+                "damaged or not meant for napari-lvit"
+            )
+        return create_model(name, **config)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{p}: model {name!r} cannot be built from the stored configuration ({exc})"
+        ) from exc
 
 
 def _read_tensors(p: Path) -> dict[str, torch.Tensor]:
@@ -261,6 +322,7 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike) -> dict[str, An
         raise CheckpointError(f"{p} holds a {meta['model_name']!r} model, not a {name!r} model")
     tensors = _read_tensors(p)
     _check_weights_fit(target, tensors, p, meta["model_name"])
+    _check_finite_weights(p, tensors)
     target.load_state_dict(tensors, strict=True)
     return meta
 
@@ -273,7 +335,7 @@ def load_checkpoint(
     The model is in eval mode on ``device`` (``"auto"`` picks CUDA when available).
     """
     from src_models.device import resolve_device
-    from src_models.models import create_model, is_model, list_models
+    from src_models.models import is_model, list_models
 
     p = _check_file(path)
     meta = read_checkpoint_meta(p)
@@ -283,15 +345,13 @@ def load_checkpoint(
             f"{p} needs model {name!r}, which this version of napari-lvit does not know "
             f"(known models: {', '.join(list_models())})"
         )
-    try:
-        model = create_model(name, **meta["model_config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{p}: model {name!r} cannot be built from the stored configuration ({exc})"
-        ) from exc
+    model = _build_checked(p, name, meta["model_config"])
     tensors = _read_tensors(p)
     _check_weights_fit(model, tensors, p, name)
+    _check_finite_weights(p, tensors)
     model.load_state_dict(tensors, strict=True)
+    if meta.get("uses_text") is False and getattr(model, "uses_text", False):
+        model.uses_text = False  # a text model trained with --no-text: it reads no text
     model.to(resolve_device(device)).eval()
     return model, meta
 

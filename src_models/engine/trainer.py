@@ -610,6 +610,8 @@ class Trainer:
         return {
             **extra,
             "text_encoder": getattr(self.text_encoder, "id", None) if self.use_text else None,
+            # a text model trained with --no-text reads no text: its checkpoint says so
+            "uses_text": bool(getattr(unwrap(self.model), "uses_text", False)) and self.use_text,
             "threshold": self.config.threshold,
             "training": {
                 "kind": kind,

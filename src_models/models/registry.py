@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,10 +41,45 @@ def is_model(name: str) -> bool:
     return name in _REGISTRY
 
 
+#: The largest value a config field may take, by the end of its name: what any real model
+#: stays far below, so that a stored config that is absurd (a width of 65536, a depth of 10^6)
+#: is refused before anything is allocated.
+CONFIG_LIMITS: dict[str, float] = {
+    "img_size": 4096,
+    "in_chans": 4,
+    "width": 1024,
+    "dim": 8192,
+    "text_len": 1024,
+    "heads": 64,
+    "depth": 48,
+    "ratio": 16.0,
+}
+
+
+def check_config(name: str, config: Any, where: str = "") -> None:
+    """Refuse a config (a dict of fields, nested dicts allowed) with a value that is not a
+    finite number where a number belongs, below 0, or above :data:`CONFIG_LIMITS`."""
+    if not isinstance(config, dict):
+        raise ValueError(f"the config of model {name!r} must be a mapping, got {config!r}")
+    for key, value in config.items():
+        field = f"{where}{key}"
+        if isinstance(value, dict):
+            check_config(name, value, f"{field}.")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        limit = next((v for k, v in CONFIG_LIMITS.items() if str(key).endswith(k)), None)
+        if not math.isfinite(value) or value < 0 or (limit is not None and value > limit):
+            bound = f" (at most {limit:g})" if limit is not None else ""
+            raise ValueError(f"model {name!r}: {field} = {value!r} is not a sane value{bound}")
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build the registered model ``name`` with config fields replaced by ``overrides``."""
+    """Build the registered model ``name`` with config fields replaced by ``overrides``
+    (checked against :data:`CONFIG_LIMITS` first)."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    check_config(name, overrides)
     model = _REGISTRY[name](**overrides)
     model.model_name = name
     cfg = getattr(model, "config", None)

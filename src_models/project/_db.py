@@ -76,6 +76,16 @@ class ProjectBase:
         self._tx_depth = 0
         #: Files moved to ``masks/orphans/`` by the last orphan sweep (absolute new paths).
         self.orphans_moved: list[Path] = []
+        #: Opened read-only (its folder cannot be written): browse and segment, no commit.
+        self.read_only = False
+
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise ProjectError(
+                f"the project '{self._folder}' is open read-only (its folder cannot be "
+                "written): nothing can be saved in it",
+                hint="copy the project folder somewhere you may write to, and open the copy",
+            )
 
     @property
     def folder(self) -> Path:
@@ -93,10 +103,14 @@ class ProjectBase:
         *,
         create: bool,
         check: Callable[[sqlite3.Connection], None] | None = None,
+        read_only: bool = False,
     ) -> sqlite3.Connection:
         """A connection in WAL mode; ``check`` sees it first (before anything is written, so
         that refusing a file leaves it as it was)."""
-        uri = db.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
+        if read_only:  # nothing written: no WAL switch, no -shm (immutable: no locks either)
+            uri = db.absolute().as_uri() + "?mode=ro&immutable=1"
+        else:
+            uri = db.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
         conn = sqlite3.connect(
             uri,
             uri=True,
@@ -109,6 +123,9 @@ class ProjectBase:
             conn.execute("PRAGMA foreign_keys = ON")
             if check is not None:
                 check(conn)
+            if read_only:
+                conn.execute("PRAGMA query_only = ON")
+                return conn
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise ProjectError(f"cannot switch '{db}' to WAL mode (got {mode!r})")
@@ -145,6 +162,7 @@ class ProjectBase:
         processes). Re-entrant within one thread: nested uses join the outer transaction."""
         with self._lock:
             conn = self._db()
+            self._refuse_if_read_only()
             if self._tx_depth:
                 self._tx_depth += 1
                 try:

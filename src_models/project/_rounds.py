@@ -69,6 +69,7 @@ class RoundsMixin(ImagesMixin):
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"pseudo label values must lie in [0, 1], found [{lo:g}, {hi:g}]")
         data = encode_npy(np.clip(arr, 0.0, 1.0).astype(np.float16))
+        self._refuse_if_read_only()
         return atomic_write_bytes(self.pseudo_path(rec), data)
 
     def load_pseudo(self, image: ImageRef) -> np.ndarray | None:

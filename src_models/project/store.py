@@ -76,7 +76,7 @@ class Project(LvitIOMixin, MaintenanceMixin):
         instead of raising :class:`ProjectError`.
         """
         root = Path(folder).expanduser().resolve()
-        if (root / MANIFEST_NAME).exists() and exist_ok:
+        if (root / MANIFEST_NAME).exists() and exist_ok and not _is_empty_manifest(root):
             return cls.open(root)
         # (an existing but empty manifest, e.g. from a create() killed before its first
         # transaction, is filled in below; a non-empty one is refused inside the transaction)
@@ -126,13 +126,24 @@ class Project(LvitIOMixin, MaintenanceMixin):
         return cls(root, conn)
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, *, sweep_orphans: bool = True) -> Project:
+    def open(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        sweep_orphans: bool = True,
+        read_only: bool | None = None,
+    ) -> Project:
         """Open an existing project.
 
         Raises :class:`ProjectError` if ``folder`` is not a project, its manifest is corrupt or
         was written by a newer version. Older schemas are migrated. With ``sweep_orphans``
         (default) label/proposal/image files without a manifest row (left by a crash between
         writing a file and recording it) are moved to ``masks/orphans/``; nothing is deleted.
+
+        ``read_only`` (default: when the folder or its manifest cannot be written) opens it
+        for reading: browse and segment, while every change raises :class:`ProjectError`
+        saying so (:attr:`read_only` is then True). A manifest left empty by a creation that
+        was interrupted (killed before its first transaction ended) is completed here.
         """
         root = Path(folder).expanduser().resolve()
         if not root.is_dir():
@@ -140,10 +151,16 @@ class Project(LvitIOMixin, MaintenanceMixin):
         db = root / MANIFEST_NAME
         if not db.is_file():
             raise ProjectError(f"'{root}' is not a napari-lvit project (no {MANIFEST_NAME} in it)")
+        if read_only is None:
+            read_only = not (os.access(root, os.W_OK | os.X_OK) and os.access(db, os.W_OK))
 
         def check(conn: sqlite3.Connection) -> None:  # before the WAL switch writes the file
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if app_id == 0 and version == 0 and not read_only:
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if tables == 0:
+                    raise _Interrupted
             if app_id != APPLICATION_ID:
                 raise ProjectError(
                     f"'{db}' is an SQLite file but not a napari-lvit project manifest "
@@ -157,11 +174,30 @@ class Project(LvitIOMixin, MaintenanceMixin):
                 )
 
         try:
-            conn = cls._connect(db, create=False, check=check)
+            conn = cls._connect(db, create=False, check=check, read_only=read_only)
+        except _Interrupted:
+            # an empty manifest: a create() killed before its first transaction ended; finish it
+            return cls.create(root, exist_ok=True)
         except sqlite3.DatabaseError as exc:
             raise ProjectError(
                 f"the project manifest '{db}' is corrupt or not an SQLite file: {exc}"
             ) from exc
+        if read_only:
+            project = cls(root, conn)
+            project.read_only = True
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                project.close()
+                raise ProjectError(f"the project manifest '{db}' is corrupt: {exc}") from exc
+            if version < SCHEMA_VERSION:
+                project.close()
+                raise ProjectError(
+                    f"the project '{root}' is read-only and needs an upgrade of its schema "
+                    f"(version {version} to {SCHEMA_VERSION}), which writes to it",
+                    hint="copy the project folder somewhere you may write to, and open the copy",
+                )
+            return project
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
@@ -228,6 +264,31 @@ class Project(LvitIOMixin, MaintenanceMixin):
         # crash tests stop a commit between its file and its row that way) reaches every row
         # the mixins write, as it did when they were all in this module.
         return _now()
+
+
+def _is_empty_manifest(root: Path) -> bool:
+    """Whether the manifest in ``root`` is an SQLite file with nothing in it yet (a creation
+    killed before its first transaction ended); read without writing anything."""
+    db = root / MANIFEST_NAME
+    try:
+        if db.stat().st_size == 0:
+            return True
+        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM sqlite_master), "
+                "(SELECT application_id FROM pragma_application_id), "
+                "(SELECT user_version FROM pragma_user_version)"
+            ).fetchone()
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return tuple(row) == (0, 0, 0)
+
+
+class _Interrupted(Exception):
+    """The manifest is empty: its creation was interrupted."""
 
 
 def _statements(script: str) -> list[str]:

@@ -47,6 +47,8 @@ def open_workspace(
     target = Path(project).expanduser().resolve() if project is not None else src / PROJECT_SUBDIR
     existed, fresh = target.exists(), not is_project(target)
     proj = Project.open_or_create(target)
+    if proj.read_only:  # browse what is there; adding the folder's new images would write
+        return proj, "opened"
     try:
         if _is_lvit_split(src):
             has_masks = with_masks and (src / "labelcol").is_dir()

@@ -3,9 +3,17 @@
 from src_models.text.encoder import (
     DEFAULT_ENCODER,
     TextEncoder,
+    TextEncoderError,
     TextFeatures,
     default_model_dir,
     validate_text,
 )
 
-__all__ = ["DEFAULT_ENCODER", "TextEncoder", "TextFeatures", "default_model_dir", "validate_text"]
+__all__ = [
+    "DEFAULT_ENCODER",
+    "TextEncoder",
+    "TextEncoderError",
+    "TextFeatures",
+    "default_model_dir",
+    "validate_text",
+]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from src_models.errors import UserError
+
 DEFAULT_ENCODER = "default"
 DEFAULT_ENCODER_ID = "all-MiniLM-L6-v2"
 # Names under which checkpoints and users refer to the bundled encoder.
@@ -54,6 +56,13 @@ def validate_text(text: str) -> str:
     """Strip a text and reject what no model can use, with a message that says why."""
     if not isinstance(text, str):
         raise TypeError(f"a text must be a string, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes that were not UTF-8, kept as surrogates
+        raise ValueError(
+            f"the text is not valid UTF-8 (a byte that cannot be decoded at character "
+            f"{exc.start}): type it again, or save its file as UTF-8"
+        ) from None
     stripped = " ".join(text.split())
     if not stripped:
         raise ValueError("the text is empty: describe what the image shows")
@@ -62,6 +71,10 @@ def validate_text(text: str) -> str:
             f"the text has {len(stripped)} characters; at most {MAX_TEXT_CHARS} are accepted"
         )
     return stripped
+
+
+class TextEncoderError(UserError, ValueError):
+    """A text encoder folder that cannot be used; the message says why."""
 
 
 class TextEncoder:
@@ -97,6 +110,17 @@ class TextEncoder:
             raise FileNotFoundError(
                 f"{folder} is not a Hugging Face model folder (no config.json in it)"
             )
+        if folder is not None and not (folder / "model.safetensors").is_file():
+            pickles = sorted(
+                q.name for q in folder.iterdir() if q.suffix in (".bin", ".pt", ".pth", ".pkl")
+            )
+            found = f" (it has {', '.join(pickles)}: pickles, which are never loaded)"
+            raise TextEncoderError(
+                f"text encoder {source!r}: {folder} has no model.safetensors"
+                + (found if pickles else ""),
+                hint="save the encoder's weights as safetensors "
+                "(model.save_pretrained(folder, safe_serialization=True))",
+            )
         target = str(folder) if folder is not None else source
         # (after the checks above: a wrong path fails at once, without the slow import)
         with _IMPORT_LOCK:  # transformers' lazy module is not safe to import from two threads
@@ -106,11 +130,21 @@ class TextEncoder:
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=True)
-            self._model = AutoModel.from_pretrained(target, local_files_only=True)
+            # safetensors only: a pickle is never unpickled (it could run any code)
+            self._model = AutoModel.from_pretrained(
+                target, local_files_only=True, use_safetensors=True
+            )
         except OSError as exc:
             raise FileNotFoundError(
                 f"could not load text encoder {source!r}: give 'default', a local model folder, "
                 f"or a hub id already in the local cache ({exc})"
+            ) from exc
+        except Exception as exc:  # a damaged folder: safetensors, JSON, tokenizers errors
+            first = str(exc).strip().split("\n")[0]
+            raise TextEncoderError(
+                f"could not load text encoder {source!r}: its files are damaged "
+                f"({type(exc).__name__}: {first})",
+                hint="copy the encoder folder again, or give 'default'",
             ) from exc
         self._model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)

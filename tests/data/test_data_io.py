@@ -210,12 +210,18 @@ def test_read_mask_variants(tmp_path):
     Image.fromarray(m).save(tmp_path / "m01.png")
     Image.fromarray(m * 255).save(tmp_path / "m255.png")
     rgb = np.zeros((10, 12, 3), np.uint8)
-    rgb[2:5, 3:7, 1] = 200  # green only
+    rgb[2:5, 3:7, 1] = 255  # green only
     Image.fromarray(rgb).save(tmp_path / "mrgb.png")
     for name in ("m01.png", "m255.png", "mrgb.png"):
         out = read_mask(tmp_path / name)
         assert out.dtype == bool and out.shape == (10, 12)
         np.testing.assert_array_equal(out, m > 0)
+    # not 0/1 or 0/255: refused with the values found, or read with an explicit threshold
+    rgb[2:5, 3:7, 1] = 200
+    Image.fromarray(rgb).save(tmp_path / "m200.png")
+    with pytest.raises(ValueError, match="the mask holds the values 0, 200"):
+        read_mask(tmp_path / "m200.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m200.png", threshold=0), m > 0)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff"])

@@ -114,13 +114,15 @@ def test_create_refuses_existing_project(tmp_path):
         assert p.images() == []
     with Project.open_or_create(tmp_path / "q") as q:
         assert is_project(q.folder)
-    # a create() killed before its schema transaction leaves an empty manifest: create again
-    (tmp_path / "r").mkdir()
-    sqlite3.connect(tmp_path / "r" / "project.sqlite").close()
-    with pytest.raises(ProjectError, match="not a napari-lvit project manifest"):
-        Project.open(tmp_path / "r")
+    # a create() killed before its schema transaction leaves an empty manifest: create() fills
+    # it in, and so does the next open() (issue 20: it used to refuse it for good)
+    for name in ("r", "s"):
+        (tmp_path / name).mkdir()
+        sqlite3.connect(tmp_path / name / "project.sqlite").close()
     Project.create(tmp_path / "r").close()
     Project.open(tmp_path / "r").close()
+    with Project.open(tmp_path / "s") as s:
+        assert s.images() == [] and s.meta()["schema_version"] >= 1
 
 
 def test_open_non_project_raises(tmp_path):

@@ -35,6 +35,17 @@ def _broken_split(ws, damage: str):
     elif damage == "no_images":
         for p in (split / "img").iterdir():
             p.unlink()
+    elif damage == "mask_values":  # a background of 1 to 3 instead of 0 ("75% lesion")
+        import numpy as np
+        from PIL import Image
+
+        mask = split / "labelcol" / "synth_0002.png"
+        values = 1 + (np.asarray(Image.open(mask)) > 0) + (np.arange(64) % 2)[None, :]
+        Image.fromarray(values.astype(np.uint8)).save(mask)
+    elif damage == "latin1_table":
+        (split / "text.csv").write_bytes(
+            "Image,Description\nsynth_0000.png,l\u00e9sion \u00e0 gauche\n".encode("latin-1")
+        )
     return split
 
 
@@ -44,6 +55,8 @@ SPLIT_DAMAGE = [
     ("mask_size", ["has size (10, 10)", "(64, 64)"]),
     ("table", ["needs columns 'Image' and 'Description'", "['Name', 'Text']"]),
     ("no_images", ["No images in"]),
+    ("mask_values", ["labelcol/synth_0002.png", "holds the values 1, 2, 3", "--mask-threshold"]),
+    ("latin1_table", ["text.csv' is not UTF-8 text (byte 0xe9", "save it as UTF-8"]),
 ]
 
 

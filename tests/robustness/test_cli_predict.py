@@ -26,6 +26,7 @@ def predict(ws, image="scan.png", *extra, checkpoint="unet.safetensors", out="ma
         ("truncated.png", ["truncated.png", "truncated"]),
         ("notes.txt", ["unsupported file type '.txt'"]),
         ("volume.tif", ["volume of shape (5, 32, 32)", "give a 2D image"]),
+        ("two_channels.tif", ["looks like an image with 2 channels", "(64, 48, 2)"]),
         ("nan.tif", ["1024 NaN or infinite values"]),
         ("inf.tif", ["1024 NaN or infinite values"]),
     ],
@@ -127,6 +128,11 @@ def _edit_meta(path, **changes):
         ("unknown", ["needs model 'unet_huge'", "known models"]),
         ("mismatch", ["do not match model 'unet_tiny'", "another model"]),
         ("threshold", ["threshold must be a number from 0 to 1"]),
+        ("threshold_nan", ["stored threshold", "got nan", "--threshold"]),
+        ("threshold_negative", ["stored threshold", "got -1"]),
+        ("threshold_huge", ["stored threshold", "got 1000000000.0"]),
+        ("width", ["base_width = 65536 is not a sane value (at most 1024)"]),
+        ("params", ["a model of", "parameters (more than 1000000000"]),
     ],
 )
 def test_a_broken_checkpoint(ws, capsys, damage, fragments):
@@ -148,6 +154,11 @@ def test_a_broken_checkpoint(ws, capsys, damage, fragments):
             "unknown": {"model_name": "unet_huge"},
             "mismatch": {"model_config": {"img_size": 32, "base_width": 16}},
             "threshold": {"threshold": 7},
+            "threshold_nan": {"threshold": float("nan")},
+            "threshold_negative": {"threshold": -1},
+            "threshold_huge": {"threshold": 1e9},
+            "width": {"model_config": {"img_size": 32, "base_width": 65536}},
+            "params": {"model_config": {"img_size": 32, "base_width": 1024}},
         }[damage]
         _edit_meta(ckpt, **changes)
     before = tree(ws)
@@ -155,12 +166,12 @@ def test_a_broken_checkpoint(ws, capsys, damage, fragments):
     assert tree(ws) == before
 
 
-def test_a_model_that_gives_nan(ws, capsys):
+def test_a_checkpoint_with_nan_weights_is_refused_at_load(ws, capsys):
     before = tree(ws)
     run_fails(
         capsys,
         predict(ws, checkpoint="nan.safetensors"),
-        "NaN or infinite probabilities",
+        "nan.safetensors: 70 of its 121 weight tensors hold NaN or infinite values",
         "use another checkpoint",
     )
     assert tree(ws) == before  # no empty "no lesion" mask written

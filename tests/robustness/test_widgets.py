@@ -50,7 +50,7 @@ def _proposals(viewer) -> list[str]:
     ("checkpoint", "image", "fragments"),
     [
         ("garbage.safetensors", None, ["not a safetensors file or it is corrupt"]),
-        ("nan.safetensors", None, ["NaN or infinite probabilities", "use another checkpoint"]),
+        ("nan.safetensors", None, ["hold NaN or infinite values", "use another checkpoint"]),
         ("unet.safetensors", np.full((48, 48), np.nan, np.float32), ["NaN or infinite values"]),
     ],
 )
@@ -82,7 +82,7 @@ def test_a_failed_segment_leaves_the_shown_proposal_as_it_was(make_napari_viewer
     shown = np.array(labels.data)
     widget.checkpoint.value = ws / "nan.safetensors"
     widget.segment()
-    _only(notices, "NaN or infinite probabilities")
+    _only(notices, "hold NaN or infinite values", "diverged")
     assert np.array_equal(labels.data, shown)
 
 
@@ -257,3 +257,38 @@ def test_a_volume_that_fails_half_way_gets_its_labels_back(
     assert len(calls) == 3
     assert np.array_equal(widget.labels_layer.data, drawn)
     assert widget.seg.segment_button.enabled
+
+
+def test_a_read_only_project_opens_read_only_and_a_commit_saves_nothing(
+    make_napari_viewer, ws, notices, monkeypatch
+):
+    import os
+
+    from napari_lvit._annotate import widget as widget_module
+    from src_models.project import Project
+
+    with Project.create(ws / "project") as project:
+        project.add_folder(ws / "data" / "img")
+    real = os.access  # a read-only mount (chmod binds no root, who runs these tests)
+    locked = os.path.realpath(ws / "project")
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode, *a, **k: (
+            False if os.path.realpath(p) == locked and mode & os.W_OK else real(p, mode, *a, **k)
+        ),
+    )
+    infos: list[str] = []
+    monkeypatch.setattr(widget_module, "show_info", infos.append)
+    viewer = make_napari_viewer()
+    widget = _annotation_widget(viewer, ws)
+    before = tree(ws)
+    assert widget.open(ws / "project")
+    assert notices == [] and len(infos) == 1 and "is open read-only" in infos[0]
+    assert "browse and segment" in infos[0]
+    widget.labels_layer.data[10:20, 10:20] = 1
+    painted = np.array(widget.labels_layer.data)
+    widget.commit()
+    _only(notices, "Commit failed (nothing was saved)", "is open read-only", "copy the project")
+    assert np.array_equal(widget.labels_layer.data, painted)
+    assert tree(ws) == before

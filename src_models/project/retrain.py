@@ -266,13 +266,54 @@ class RetrainRun:
         if self._cancel.is_set():
             trainer.cancel()
         log = FitLog(metrics, "SemiDone" if plan.recipe.semi is not None else "TrainingDone")
+        budget = TimeBudget(self.config, plan, trainer)
         for event in trainer.fit():
             if log.record(event):
                 project.update_round(round_id, metrics)
             yield event
             if self._cancel.is_set():
                 trainer.cancel()
+            elif budget.spent(event):
+                metrics["stopped_at_time_budget"] = True
         self._trainer = None
+
+
+class TimeBudget:
+    """Ends a round sized in steps once its training has taken ``time_budget_s`` (checked when
+    an epoch ends; the best model so far is kept, as at any early stop). The steps are planned
+    to fit the budget from the last round's speed; this holds it when the machine is slower now
+    (other work, a first round with nothing measured). Epoch-counted rounds and EPI rounds run
+    to their end."""
+
+    def __init__(self, cfg: RetrainConfig, plan: RoundPlan, trainer: Any) -> None:
+        self.seconds = float(cfg.time_budget_s)
+        self.active = (
+            cfg.epochs is None
+            and self.seconds > 0
+            and plan.sizing is not None
+            and plan.sizing.steps is not None
+            and hasattr(trainer, "should_stop")
+        )
+        self.trainer = trainer
+        self.started: float | None = None
+
+    def spent(self, event: Any) -> bool:
+        """True once, when the budget ran out at the end of an epoch (the trainer then stops)."""
+        from src_models.engine.events import EpochEnd, FitStart
+
+        if not self.active:
+            return False
+        if isinstance(event, FitStart):
+            self.started = time.perf_counter()
+        elif (
+            isinstance(event, EpochEnd)
+            and self.started is not None
+            and time.perf_counter() - self.started > self.seconds
+        ):
+            self.trainer.should_stop = True
+            self.active = False
+            return True
+        return False
 
 
 def retrain(

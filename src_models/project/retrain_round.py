@@ -186,7 +186,8 @@ def plan_round(
     size = int(model.img_size)
     in_chans = int(getattr(model, "in_chans", 3) or 3)
     full = load_full_resolution(samples.labeled)
-    res, how = choose_round_resolution(cfg, full[0], full[1], full[2], size)
+    kept = project.get_meta("working_resolution")
+    res, how = choose_round_resolution(cfg, full[0], full[1], full[2], size, kept)
     project.set_meta("working_resolution", res.to_dict())
     skip: list[str] = []
     if not res.is_whole:

@@ -65,17 +65,30 @@ def choose_round_resolution(
     masks: list[np.ndarray | None],
     texts: list[str],
     size: int,
+    kept: dict[str, Any] | None = None,
 ) -> tuple[Any, str]:
-    """The round's :class:`~src_models.data.patches.WorkingResolution` and where it came from:
-    ``cfg.resolution`` ("whole" / "patches", with ``cfg.resolution_scale``) or
-    :func:`~src_models.data.patches.choose_resolution` over the labelled images."""
+    """The round's :class:`~src_models.data.resolution.WorkingResolution` and where it came
+    from: ``cfg.resolution`` ("whole" / "patches", with ``cfg.resolution_scale``), else the
+    project's own (``kept``, chosen in an earlier round for a model of this size: a project keeps
+    its resolution, so a round fine-tunes the last one's model instead of relearning at another
+    scale), else :func:`~src_models.data.resolution.choose_resolution` over the labelled
+    images."""
     from src_models.data.resolution import WorkingResolution, choose_resolution
 
     if cfg.resolution == "whole":
         return WorkingResolution.whole(size), "config"
-    shapes = [im.shape[:2] for im in images]
-    res = choose_resolution(shapes, texts, size, masks)
-    how = "chosen"
+    res = None
+    if cfg.resolution == "auto" and isinstance(kept, dict):
+        try:
+            res = WorkingResolution.from_dict(kept)
+        except (TypeError, ValueError):
+            res = None
+        if res is not None and res.patch != size:
+            res = None  # chosen for a model of another input size
+    how = "project"
+    if res is None:
+        shapes = [im.shape[:2] for im in images]
+        res, how = choose_resolution(shapes, texts, size, masks), "chosen"
     if cfg.resolution == "patches" and res.is_whole:
         res, how = WorkingResolution("patches", size, 1.0), "config"
     if not res.is_whole and cfg.resolution_scale is not None:

@@ -131,3 +131,34 @@ def test_small_images_stay_whole_and_the_config_can_force_patches(tmp_path):
     plan = _plan(folder, tmp_path, resolution="patches", resolution_scale=1.0, steps=3)
     assert plan.sizing.resolution.to_dict() == {"mode": "patches", "patch": 64, "scale": 1.0}
     assert plan.train_set[0]["image"].shape == (3, 64, 64)
+
+
+def test_the_time_budget_ends_a_step_sized_round_and_keeps_its_best_model(tmp_path):
+    folder, _ = _project(tmp_path, 64, 4, 2)
+    planned = 400
+    events = list(retrain(folder, config=RetrainConfig(**TINY, steps=planned, time_budget_s=1e-3)))
+    assert events[-1].status == "done"
+    with Project.open(folder) as project:
+        (r,) = project.rounds()
+        assert r.metrics["stopped_at_time_budget"] is True
+        assert 0 < r.metrics["steps"] < planned  # it stopped after its first epoch
+        assert project.current_checkpoint is not None and project.current_checkpoint.is_file()
+    # an epoch-counted round runs to its end whatever the budget
+    folder, _ = _project(tmp_path / "epochs", 64, 4, 2)
+    list(retrain(folder, config=RetrainConfig(**TINY, epochs=2, time_budget_s=1e-3)))
+    with Project.open(folder) as project:
+        (r,) = project.rounds()
+        assert "stopped_at_time_budget" not in r.metrics and len(r.metrics["epochs"]) == 2
+
+
+def test_a_project_keeps_its_working_resolution_across_rounds(tmp_path):
+    folder, _ = _project(tmp_path, 300, 4, 1)
+    first = _plan(folder, tmp_path).sizing
+    assert not first.resolution.is_whole and first.resolution_from == "chosen"
+    with Project.open(folder) as project:  # a later round with other objects: the same scale
+        project.set_meta("working_resolution", {**first.resolution.to_dict(), "scale": 4.0})
+    again = _plan(folder, tmp_path).sizing
+    assert again.resolution_from == "project" and again.resolution.scale == 4.0
+    # the config overrides it
+    forced = _plan(folder, tmp_path, resolution="whole").sizing
+    assert forced.resolution.is_whole and forced.resolution_from == "config"

@@ -89,6 +89,10 @@ def image_plane(layer: Image, current_step: tuple[int, ...]) -> tuple[np.ndarray
 PlaneProvider = Callable[[Image, tuple], tuple[np.ndarray, tuple]]
 
 
+#: Image-layer metadata copied onto its proposal layer (what the labels writer needs).
+_SOURCE_KEYS = ("source_path", "affine", "dicom_files", "series_uid", "frame_order", "study_uid")
+
+
 class SegmentWidget(Container):
     """Dock widget: Model, Device, Image, Description, Segment, Threshold."""
 
@@ -395,6 +399,8 @@ class SegmentWidget(Container):
             affine=image.affine,
             rotate=image.rotate,
             opacity=0.5,
+            # the source (file, DICOM series, geometry), for saving the labels (_writer.py)
+            metadata={k: v for k, v in image.metadata.items() if k in _SOURCE_KEYS},
         )
 
     @staticmethod

@@ -28,11 +28,21 @@ class ShownImage:
         self.image: Image | None = None
         self.labels: Labels | None = None
 
-    def show(self, rec: ImageRecord, data: np.ndarray, rgb: bool) -> Image:
-        """Add ``rec``'s pixels and an empty labels layer aligned with them."""
+    def show(self, rec: ImageRecord, data: np.ndarray, rgb: bool, loaded: Any = None) -> Image:
+        """Add ``rec``'s pixels and an empty labels layer aligned with them; with ``loaded``
+        (its :class:`~src_models.data.io.LoadedImage`) both are placed in millimetres and name
+        their source (for saving the labels as NIfTI / DICOM SEG)."""
+        from napari_lvit._reader import layer_geometry, source_metadata
+
         self.remove()
         metadata = {"description": rec.text or "", "project_image_id": rec.id}
-        self.image = real(self.viewer.add_image(data, name=rec.name, rgb=rgb, metadata=metadata))
+        geometry = {}
+        if loaded is not None:
+            metadata = {**source_metadata(loaded), **metadata}
+            geometry = layer_geometry(loaded)
+        self.image = real(
+            self.viewer.add_image(data, name=rec.name, rgb=rgb, metadata=metadata, **geometry)
+        )
         self.labels = real(self.seg.proposal_layer(self.image))
         return self.image
 

@@ -268,7 +268,7 @@ class AnnotationWidget(AnnotationView):
             self._error(exc, f"Cannot show {rec.name}")
             return
         committed = s.enter(row, rec)
-        self.volumes.forget(self.shown.show(rec, loaded.data, bool(loaded.rgb)))
+        self.volumes.forget(self.shown.show(rec, loaded.data, bool(loaded.rgb), loaded))
         if committed is not None:
             self.shown.set_labels(committed)
         s.set_baseline(self.shown.labels_data(), "empty" if committed is None else "commit")

@@ -17,6 +17,13 @@ left-right and anterior-posterior directions, they are flipped into the radiolog
 convention (patient's right on the image's left, anterior at the top), as a DICOM viewer would
 show the same data.
 
+A folder holding one DICOM series reads as that series' volume (:mod:`.dicom`:
+:func:`load_dicom_series` reads every series of a folder). :class:`LoadedImage` carries the
+geometry where the file gives it (``spacing``, ``origin``, ``direction``, ``affine`` in
+napari's (z, y, x) order, mm; DICOM and NIfTI in reversed-LPS patient coordinates; TIFF
+resolution tags), ``None`` when unknown; :mod:`.writers` writes labels back (NIfTI with the
+affine, DICOM SEG, PNG/TIFF).
+
 Every failure to read (missing file, corrupt file, unsupported suffix, empty image, image larger
 than the pixel limit) raises :class:`ImageReadError`, whose message names the file and the reason.
 """
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dicom import dicom_series, is_dicom_folder, load_dicom_series
 from .readers import (  # the readers lived here: `from .io import ...` still works
     _TIFF_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -39,14 +47,18 @@ from .readers import (  # the readers lived here: `from .io import ...` still wo
     _dispatch,
     image_suffix,
 )
+from .writers import write_dicom_seg, write_labels, write_nifti
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "LoadedImage",
+    "dicom_series",
     "image_suffix",
+    "is_dicom_folder",
     "is_image_file",
+    "load_dicom_series",
     "load_image",
     "mask_from_array",
     "mask_values",
@@ -54,7 +66,10 @@ __all__ = [
     "read_image",
     "read_mask",
     "to_float01",
+    "write_dicom_seg",
+    "write_labels",
     "write_mask",
+    "write_nifti",
     "write_prob",
 ]
 
@@ -85,7 +100,8 @@ def _stem(path: str | os.PathLike) -> str:
 def load_image(
     path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> LoadedImage:
-    """Read an image or volume with its axis layout (see the module docstring).
+    """Read an image or volume with its axis layout and geometry (see the module docstring);
+    ``path`` may be a folder holding one DICOM series.
 
     ``max_pixels`` caps the number of values (all axes) before anything is decoded; ``None``
     removes the cap. Raises :class:`ImageReadError`.

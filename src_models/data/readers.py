@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,40 @@ class LoadedImage:
     is_volume: bool
     rgb: bool
     path: Path
+    #: Physical size of one pixel along each spatial axis, in napari's order (``(z, y, x)`` or
+    #: ``(y, x)``), in millimetres; ``None`` when the file does not say.
+    spacing: tuple[float, ...] | None = None
+    #: World position of the first voxel (index 0 on every axis), same axis order, in mm; for
+    #: DICOM and NIfTI the world is patient space (DICOM LPS) with its axes reversed, so that
+    #: an axial scan's world axes are (inferior->superior, anterior->posterior, right->left).
+    origin: tuple[float, ...] | None = None
+    #: ``direction[:, k]`` is the unit world vector along index axis ``k`` (same axis order).
+    direction: np.ndarray | None = None
+    #: The files read, in slice order (a DICOM series: one per slice); empty = just ``path``.
+    source_files: tuple[Path, ...] = ()
+    #: Format-specific facts (DICOM: ``series_uid``, ``study_uid``, ``modality``, ...).
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def affine(self) -> np.ndarray | None:
+        """The ``(n+1) x (n+1)`` index -> world (mm) matrix in napari's axis order (``n`` = 2
+        or 3 spatial axes), or ``None`` when the spacing is unknown."""
+        if self.spacing is None:
+            return None
+        n = len(self.spacing)
+        direction = np.eye(n) if self.direction is None else np.asarray(self.direction, float)
+        origin = np.zeros(n) if self.origin is None else np.asarray(self.origin, float)
+        out = np.eye(n + 1)
+        out[:n, :n] = direction @ np.diag(np.asarray(self.spacing, float))
+        out[:n, n] = origin
+        return out
+
+    @property
+    def axis_aligned(self) -> bool:
+        """True when every index axis runs along its own world axis (no rotation or flip)."""
+        return self.direction is None or bool(
+            np.allclose(self.direction, np.eye(len(self.direction)), atol=1e-4)
+        )
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -231,6 +265,7 @@ def _tiff_open(path: Path, max_pixels: int | None, decode: bool):
             if not decode:
                 return (shape[:-1] if rgb else shape), rgb
             arr = series.asarray()
+            spacing = _tiff_spacing(tf, is_volume)
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises many exception types for corrupt files
@@ -240,7 +275,68 @@ def _tiff_open(path: Path, max_pixels: int | None, decode: bool):
             arr = np.moveaxis(arr, step[1], step[2])
         elif step[0] == "reshape":
             arr = arr.reshape(step[1])
-    return LoadedImage(np.ascontiguousarray(arr), is_volume=is_volume, rgb=rgb, path=path)
+    return LoadedImage(
+        np.ascontiguousarray(arr),
+        is_volume=is_volume,
+        rgb=rgb,
+        path=path,
+        spacing=spacing,
+        source_files=(path,),
+        meta={"format": "tiff"},
+    )
+
+
+#: Millimetres per unit of length, for TIFF / ImageJ resolution units.
+_MM_PER_UNIT = {
+    "inch": 25.4,
+    "cm": 10.0,
+    "centimeter": 10.0,
+    "mm": 1.0,
+    "millimeter": 1.0,
+    "micron": 1e-3,
+    "um": 1e-3,
+    "\u00b5m": 1e-3,
+    "nm": 1e-6,
+}
+
+
+def _tiff_spacing(tf, is_volume: bool) -> tuple[float, ...] | None:
+    """Pixel size in mm from the resolution tags (ImageJ ``unit`` / ``spacing`` for volumes),
+    or ``None`` when the file does not say (no unit, or resolution 1 pixel per unit)."""
+    try:
+        tags = tf.pages[0].tags
+        xres, yres = tags.get("XResolution"), tags.get("YResolution")
+        if xres is None or yres is None:
+            return None
+        unit_tag = tags.get("ResolutionUnit")
+        unit = int(unit_tag.value) if unit_tag is not None else 2
+        ij = tf.imagej_metadata or {}
+        if unit == 2:
+            mm = 25.4
+        elif unit == 3:
+            mm = 10.0
+        else:
+            mm = _MM_PER_UNIT.get(str(ij.get("unit", "")).strip().lower())
+            if mm is None:
+                return None
+
+        def per_pixel(value) -> float:
+            num, den = value if isinstance(value, tuple) else (value, 1)
+            return mm * float(den) / float(num)
+
+        x, y = per_pixel(xres.value), per_pixel(yres.value)
+        if unit == 2 and xres.value in ((1, 1), (72, 1)) and yres.value == xres.value:
+            return None  # the writer's default, not a measured size
+        if not (np.isfinite([x, y]).all() and x > 0 and y > 0):
+            return None
+        if not is_volume:
+            return (y, x)
+        z = ij.get("spacing")
+        if z is None or not float(z) > 0 or unit in (2, 3):
+            return None
+        return (float(z) * mm, y, x)
+    except Exception:  # resolution tags are optional: an odd one means "unknown"
+        return None
 
 
 def _dicom_open(path: Path, max_pixels: int | None, decode: bool):
@@ -265,27 +361,9 @@ def _dicom_open(path: Path, max_pixels: int | None, decode: bool):
     if not decode:
         shape = (frames, rows, cols) if is_volume else (rows, cols)
         return shape, rgb
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageReadError(path, "the DICOM file has no pixel data")
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise ImageReadError(
-            path,
-            f"cannot decode the DICOM pixel data (transfer syntax {ts}; compressed data may need "
-            f"an extra decoder such as pylibjpeg or python-gdcm): {exc}",
-        ) from exc
-    arr = np.array(arr)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1" and not rgb:
-        arr = arr.max() - arr + arr.min() if arr.size else arr
-    slope = getattr(ds, "RescaleSlope", None)
-    intercept = getattr(ds, "RescaleIntercept", None)
-    if (slope is not None or intercept is not None) and not rgb:
-        slope = float(slope) if slope is not None else 1.0
-        intercept = float(intercept) if intercept is not None else 0.0
-        arr = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    return LoadedImage(arr, is_volume=is_volume, rgb=rgb, path=path)
+    from .dicom import load_single
+
+    return load_single(ds, path, max_pixels)
 
 
 def _nifti_display_plan(img) -> tuple[bool, bool]:
@@ -337,7 +415,65 @@ def _nifti_open(path: Path, max_pixels: int | None, decode: bool):
         arr = arr[:, ::-1]
     # [X, Y(, Z)] -> [(Z,) Y, X]: rows = second stored axis, columns = first.
     arr = arr.transpose(2, 1, 0) if is_volume else arr.T
-    return LoadedImage(np.ascontiguousarray(arr), is_volume=is_volume, rgb=False, path=path)
+    geo = _nifti_geometry(img, shape, flip_cols, flip_rows, is_volume)
+    return LoadedImage(
+        np.ascontiguousarray(arr),
+        is_volume=is_volume,
+        rgb=False,
+        path=path,
+        source_files=(path,),
+        meta={"format": "nifti"},
+        **geo,
+    )
+
+
+#: Swaps the first and third of 3 coordinates (napari (z, y, x) <-> (x, y, z)), homogeneous.
+_SWAP_XZ = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+#: RAS (NIfTI) <-> LPS (DICOM) world coordinates.
+_RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _nifti_geometry(img, shape, flip_cols: bool, flip_rows: bool, is_volume: bool) -> dict:
+    """spacing/origin/direction of the array as :func:`_nifti_open` returns it (after its flips
+    and transpose) in reversed-LPS world coordinates, from the NIfTI affine."""
+    try:
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception:
+        return {}
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        return {}
+    nx, ny = shape[0], shape[1]
+    # loaded index (a, b, c) -> stored voxel (i, j, k)
+    m = np.zeros((4, 4))
+    m[0, 2], m[0, 3] = (-1.0, nx - 1.0) if flip_cols else (1.0, 0.0)
+    m[1, 1], m[1, 3] = (-1.0, ny - 1.0) if flip_rows else (1.0, 0.0)
+    m[2, 0] = 1.0
+    m[3, 3] = 1.0
+    full = _SWAP_XZ @ _RAS_LPS @ affine @ m
+    lin = full[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    if not (spacing > 0).all():
+        return {}
+    if not is_volume:
+        return {"spacing": (float(spacing[1]), float(spacing[2]))}
+    return {
+        "spacing": tuple(float(v) for v in spacing),
+        "origin": tuple(float(v) for v in full[:3, 3]),
+        "direction": lin / spacing,
+    }
+
+
+def nifti_affine_from_napari(affine: np.ndarray) -> np.ndarray:
+    """The NIfTI (RAS, stored ``[x, y, z]``) affine of an array ``[z, y, x]`` whose napari
+    (reversed-LPS world) affine is ``affine`` (4x4; a 3x3 for 2D ``[y, x]`` is lifted)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape == (3, 3):
+        lifted = np.eye(4)
+        lifted[1:, 1:] = a
+        a = lifted
+    if a.shape != (4, 4):
+        raise ValueError(f"expected a 4x4 (or 3x3) affine, got shape {a.shape}")
+    return _RAS_LPS @ _SWAP_XZ @ a @ _SWAP_XZ
 
 
 def _dispatch(path: str | os.PathLike, max_pixels: int | None, decode: bool):
@@ -345,7 +481,7 @@ def _dispatch(path: str | os.PathLike, max_pixels: int | None, decode: bool):
     if not p.exists():
         raise ImageReadError(p, "the file does not exist")
     if p.is_dir():
-        raise ImageReadError(p, "it is a folder, not an image file")
+        return _dicom_folder_open(p, max_pixels, decode)
     suffix = image_suffix(p)
     if suffix in _PIL_SUFFIXES:
         return _pil_open(p, max_pixels, decode)
@@ -362,6 +498,32 @@ def _dispatch(path: str | os.PathLike, max_pixels: int | None, decode: bool):
         f"unsupported file type '{suffix or '(no suffix)'}'; "
         f"supported: {', '.join(IMAGE_SUFFIXES)}",
     )
+
+
+def _dicom_folder_open(path: Path, max_pixels: int | None, decode: bool):
+    """A folder holding one DICOM series (:func:`~src_models.data.dicom.load_dicom_series`
+    reads a folder of several)."""
+    from .dicom import dicom_series, is_dicom_folder, load_dicom_series
+
+    if not is_dicom_folder(path):
+        raise ImageReadError(path, "it is a folder without DICOM files, not an image file")
+    found = dicom_series(path)
+    if len(found) > 1:
+        names = "; ".join(f"{s.label} ({len(s.files)} files)" for s in found[:6])
+        raise ImageReadError(
+            path,
+            f"the folder holds {len(found)} DICOM series ({names}); open one series (a "
+            "folder of its own, or load_dicom_series(folder, series_uid=...))",
+        )
+    if not decode:
+        first = _dicom_open(found[0].files[0], None, False)
+        shape, rgb = first
+        n = len(found[0].files)
+        if n > 1:
+            shape = (n, *shape[-2:])
+        _check_shape(path, shape, max_pixels)
+        return shape, rgb
+    return load_dicom_series(path, max_pixels=max_pixels)[0]
 
 
 def _looks_like_dicom(path: Path) -> bool:

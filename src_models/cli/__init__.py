@@ -4,9 +4,11 @@
     napari-lvit train DATA --val VAL --model lvit_s --epochs 20 --out model.safetensors
     napari-lvit train DATA --val VAL --labeled-fraction 0.25 --semi epi --out semi.safetensors
     napari-lvit predict CKPT IMAGE --text "..." --out mask.tif
+    napari-lvit predict CKPT IMAGES_OR_FOLDERS... --out-dir masks --texts text.csv
     napari-lvit evaluate CKPT DATA --json
     napari-lvit retrain PROJECT --rounds 1 --epochs 5 --jsonl
     napari-lvit retrain PROJECT --config - --jsonl < config.json   # RetrainConfig.to_json()
+    napari-lvit export PROJECT --format nifti|dicom-seg|lvit OUT
     napari-lvit pretrain DATA --out pre.safetensors --epochs 20 --model lvit_s
     napari-lvit train DATA --init pre.safetensors --labeled-fraction 0.1 --semi epi --clcc ...
 
@@ -19,8 +21,9 @@ Errors: :func:`main` is the command line's one error boundary. A bad input (any
 is one line with exit code 1 and a hint to rerun with ``--debug`` (prints the traceback).
 
 One module per command group: :mod:`.data` (``synth``), :mod:`.train` (``train``,
-``pretrain``), :mod:`.predict` (``predict``, ``evaluate``, ``models``) and :mod:`.retrain`
-(``retrain``); ``python -m src_models.cli`` runs :func:`main` (:mod:`.__main__`).
+``pretrain``), :mod:`.predict` (``predict``, ``evaluate``, ``models``), :mod:`.retrain`
+(``retrain``) and :mod:`.export` (``export``); ``python -m src_models.cli`` runs :func:`main`
+(:mod:`.__main__`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from .data import _add_synth, cmd_synth
+from .export import _add_export, cmd_export
 from .predict import _add_evaluate, _add_models, _add_predict, cmd_evaluate, cmd_models, cmd_predict
 from .retrain import _add_retrain, cmd_retrain, retrain_config
 from .train import _add_pretrain, _add_train, cmd_pretrain, cmd_train
@@ -42,6 +46,7 @@ __all__ = [
     "COMMANDS",
     "build_parser",
     "cmd_evaluate",
+    "cmd_export",
     "cmd_models",
     "cmd_predict",
     "cmd_pretrain",
@@ -61,6 +66,7 @@ COMMANDS = (
     _add_models,
     _add_retrain,
     _add_pretrain,
+    _add_export,
 )
 
 

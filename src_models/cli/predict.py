@@ -10,11 +10,38 @@ from src_models.inference_checks import MAX_PIXELS, memory_text
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="segment one image from a text")
+    p = sub.add_parser(
+        "predict",
+        help="segment one image (--out FILE), or many images and volumes (--out-dir DIR)",
+    )
     p.add_argument("checkpoint", help="checkpoint file or 'default'")
-    p.add_argument("image", type=Path)
-    p.add_argument("--text", default=None)
-    p.add_argument("--out", type=Path, required=True, help="mask file (.tif or .png)")
+    p.add_argument(
+        "image",
+        type=Path,
+        nargs="+",
+        help="an image; with --out-dir: image files, folders (every image in them), volumes, "
+        "DICOM series (a folder of one series)",
+    )
+    p.add_argument("--text", default=None, help="the description (with --out-dir: of every image)")
+    p.add_argument("--out", type=Path, help="mask file (.tif or .png) of the one image")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        help="batch mode: a mask per image (.png, .tif for TIFF), a .nii.gz per volume; "
+        "outputs already there are skipped (rerun to resume)",
+    )
+    p.add_argument(
+        "--texts",
+        type=Path,
+        help="with --out-dir: a table (.csv/.xlsx, columns Image, Description) of per-image "
+        "texts; --text is used for the images it does not name",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, help="model inputs per batch (default 8)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="loader processes reading images (default 0)"
+    )
     p.add_argument(
         "--threshold", type=probability, default=None, help="0 to 1 (default: the checkpoint's)"
     )
@@ -53,9 +80,25 @@ def _add_models(sub) -> None:
 
 def cmd_predict(args) -> int:
     from src_models.data.io import read_image, write_mask, write_prob
+    from src_models.errors import UserError
     from src_models.inference import Predictor
     from src_models.model_source import resolve_checkpoint
 
+    if args.out_dir is not None:
+        return _cmd_predict_batch(args)
+    if args.out is None:
+        raise UserError(
+            "give --out FILE for one image, or --out-dir DIR for a batch",
+            hint="see 'napari-lvit predict --help'",
+        )
+    if len(args.image) > 1:
+        raise UserError(
+            f"{len(args.image)} inputs were given with --out: one image per --out file",
+            hint="use --out-dir DIR to segment several images",
+        )
+    if args.texts is not None:
+        raise UserError("--texts is for batches", hint="use --out-dir DIR, or --text")
+    args.image = args.image[0]
     # Everything that can be checked without the model is checked first, in a second.
     _check_predict_image(args.image, args.max_pixels)
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -74,6 +117,75 @@ def cmd_predict(args) -> int:
         write_prob(args.prob_out, result.prob)
     write_mask(args.out, result.mask)
     print(f"wrote {args.out}: {100 * result.mask.mean():.2f}% of the image")
+    return 0
+
+
+def _cmd_predict_batch(args) -> int:
+    from tqdm import tqdm
+
+    from src_models.batch import (
+        BatchFinished,
+        BatchPlanned,
+        ItemWritten,
+        SlicesDone,
+        plan_batch,
+        predict_batch,
+    )
+    from src_models.data.tables import read_text_table
+    from src_models.engine.checkpoint import read_checkpoint_meta
+    from src_models.errors import UserError
+    from src_models.inference import Predictor
+    from src_models.model_source import resolve_checkpoint
+
+    if args.out is not None or args.prob_out is not None:
+        raise UserError(
+            "--out and --prob-out name the file of one image; --out-dir is for batches",
+            hint="give one of --out FILE and --out-dir DIR",
+        )
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    needs_text = bool(checkpoint is not None and read_checkpoint_meta(checkpoint).get("uses_text"))
+    texts = None
+    if args.texts is not None:
+        from src_models.cli._checks import check_read_file
+
+        texts = read_text_table(check_read_file(args.texts, "--texts", "a CSV or XLSX table"))
+    items = plan_batch(
+        args.image,
+        args.out_dir,
+        text=args.text,
+        texts=texts,
+        needs_text=needs_text,
+        max_pixels=args.max_pixels,
+    )
+    for item in items:  # the model and the table are inputs too
+        check_output(
+            item.output,
+            "--out-dir",
+            (".png", ".tif", ".tiff", ".nii.gz"),
+            {"the checkpoint": checkpoint, "the --texts table": args.texts},
+        )
+    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor.max_pixels = args.max_pixels
+    if predictor.uses_text and not needs_text:  # a registry name: checked now the model is here
+        plan = {"text": args.text, "texts": texts, "max_pixels": args.max_pixels}
+        items = plan_batch(args.image, args.out_dir, needs_text=True, **plan)
+    bar = None
+    written = 0
+    run = {"batch_size": args.batch_size, "workers": args.workers, "threshold": args.threshold}
+    for event in predict_batch(predictor, items, **run):
+        if isinstance(event, BatchPlanned):
+            if event.skipped:
+                print(f"{event.skipped} of {event.items} already segmented in {args.out_dir}")
+            bar = tqdm(total=event.slices, unit="slice", desc="predict", dynamic_ncols=True)
+        elif isinstance(event, SlicesDone):
+            bar.update(event.done - bar.n)
+        elif isinstance(event, ItemWritten):
+            written += 1
+        elif isinstance(event, BatchFinished) and bar is not None:
+            bar.close()
+    print(f"wrote {written} mask(s) to {args.out_dir}")
     return 0
 
 

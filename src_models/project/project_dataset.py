@@ -3,7 +3,7 @@ unlabelled images) and the stable validation split :func:`split_validation`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,28 @@ def _volume_value_range(loaded) -> tuple[float, float] | None:
         return None
     data = loaded.data[..., :3] if loaded.rgb else loaded.data
     return float(data.min()), float(data.max())
+
+
+def item_planes(items: Sequence[TrainingItem]) -> Iterator[tuple[TrainingItem, str, np.ndarray]]:
+    """``(item, name, image)`` of each project sample at its own size: a float ``[H, W, C]``
+    image in [0, 1] (a volume's slice, on the whole volume's intensity scale, is an image named
+    ``<name>_z<slice>``). One volume at a time is kept in memory."""
+    from src_models.data.io import load_image, to_float01
+
+    loaded_cache: dict[Path, Any] = {}
+    for item in items:
+        rec = item.image
+        loaded = loaded_cache.get(rec.path)
+        if loaded is None:
+            loaded_cache.clear()  # keep one volume in memory
+            loaded = loaded_cache[rec.path] = load_image(rec.path)
+        if loaded.is_volume:
+            z = int(item.slice or 0)
+            f = to_float01(loaded.slice(z), value_range=_volume_value_range(loaded))
+            width = max(3, len(str(loaded.num_slices - 1)))
+            yield item, f"{rec.name}_z{z:0{width}d}", f
+        else:
+            yield item, rec.name, to_float01(loaded.data)
 
 
 class ProjectDataset(SegmentationDataset):
@@ -43,7 +65,6 @@ class ProjectDataset(SegmentationDataset):
     ) -> None:
         from src_models.data import transforms as T
         from src_models.data.dataset import SegmentationRecord, has_spatial_words
-        from src_models.data.io import load_image, to_float01
 
         if not items:
             raise RetrainError("no samples to build a dataset from")
@@ -59,22 +80,8 @@ class ProjectDataset(SegmentationDataset):
         self.items = list(items)
         names, images, masks, has_mask, texts, shapes, records = [], [], [], [], [], [], []
         empty = np.zeros((self.img_size, self.img_size), dtype=bool)
-        loaded_cache: dict[Path, Any] = {}
-        for item in self.items:
+        for item, name, f in item_planes(self.items):
             rec = item.image
-            loaded = loaded_cache.get(rec.path)
-            if loaded is None:
-                loaded_cache.clear()  # keep one volume in memory
-                loaded = loaded_cache[rec.path] = load_image(rec.path)
-            if loaded.is_volume:
-                z = int(item.slice or 0)
-                plane = loaded.slice(z)
-                f = to_float01(plane, value_range=_volume_value_range(loaded))
-                width = max(3, len(str(loaded.num_slices - 1)))
-                name = f"{rec.name}_z{z:0{width}d}"
-            else:
-                f = to_float01(loaded.data)
-                name = rec.name
             shapes.append((int(f.shape[0]), int(f.shape[1])))
             f = T.resize_image(f, self.img_size)
             if self.in_chans == 1:
@@ -114,30 +121,16 @@ def load_full_resolution(
 ) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str], list[str]]:
     """``(images, masks, texts, names)`` of project samples at their own size: float ``[H, W,
     C]`` images in [0, 1] (a volume's slice is an image), bool masks (``None``: unlabelled)."""
-    from src_models.data.io import load_image, to_float01
-
     images: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
     texts: list[str] = []
     names: list[str] = []
-    loaded_cache: dict[Path, Any] = {}
-    for item in items:
-        rec = item.image
-        loaded = loaded_cache.get(rec.path)
-        if loaded is None:
-            loaded_cache.clear()  # keep one volume in memory
-            loaded = loaded_cache[rec.path] = load_image(rec.path)
-        if loaded.is_volume:
-            z = int(item.slice or 0)
-            f = to_float01(loaded.slice(z), value_range=_volume_value_range(loaded))
-            names.append(f"{rec.name}_z{z:03d}")
-        else:
-            f = to_float01(loaded.data)
-            names.append(rec.name)
+    for item, name, f in item_planes(items):
         images.append(f)
         m = item.load_mask()
         masks.append(None if m is None else np.asarray(m) != 0)
         texts.append(item.text or "")
+        names.append(name)
     return images, masks, texts, names
 
 

@@ -186,9 +186,11 @@ def plan_round(
     size = int(model.img_size)
     in_chans = int(getattr(model, "in_chans", 3) or 3)
     full = load_full_resolution(samples.labeled)
-    kept = project.get_meta("working_resolution")
-    res, how = choose_round_resolution(cfg, full[0], full[1], full[2], size, kept)
+    kept, kept_from = (project.get_meta(k) for k in ("working_resolution", "resolution_from_n"))
+    res, how = choose_round_resolution(cfg, full[0], full[1], full[2], size, kept, kept_from)
     project.set_meta("working_resolution", res.to_dict())
+    if how == "chosen":
+        project.set_meta("resolution_from_n", len(full[0]))
     skip: list[str] = []
     if not res.is_whole:
         # EPI, CLCC and SKS stage 1 work on whole images: a patch round trains supervised only

@@ -66,19 +66,22 @@ def choose_round_resolution(
     texts: list[str],
     size: int,
     kept: dict[str, Any] | None = None,
+    kept_from: int | None = None,
 ) -> tuple[Any, str]:
     """The round's :class:`~src_models.data.resolution.WorkingResolution` and where it came
     from: ``cfg.resolution`` ("whole" / "patches", with ``cfg.resolution_scale``), else the
-    project's own (``kept``, chosen in an earlier round for a model of this size: a project keeps
-    its resolution, so a round fine-tunes the last one's model instead of relearning at another
-    scale), else :func:`~src_models.data.resolution.choose_resolution` over the labelled
-    images."""
+    project's own (``kept``, chosen in an earlier round from ``kept_from`` labelled images for a
+    model of this size: a project keeps its resolution, so a round fine-tunes the last one's
+    model instead of relearning at another scale, until it has twice as many labelled images
+    to choose from), else :func:`~src_models.data.resolution.choose_resolution` over the
+    labelled images."""
     from src_models.data.resolution import WorkingResolution, choose_resolution
 
     if cfg.resolution == "whole":
         return WorkingResolution.whole(size), "config"
     res = None
-    if cfg.resolution == "auto" and isinstance(kept, dict):
+    more_evidence = kept_from is None or len(images) >= 2 * int(kept_from)
+    if cfg.resolution == "auto" and isinstance(kept, dict) and not more_evidence:
         try:
             res = WorkingResolution.from_dict(kept)
         except (TypeError, ValueError):

@@ -159,6 +159,11 @@ def test_a_project_keeps_its_working_resolution_across_rounds(tmp_path):
         project.set_meta("working_resolution", {**first.resolution.to_dict(), "scale": 4.0})
     again = _plan(folder, tmp_path).sizing
     assert again.resolution_from == "project" and again.resolution.scale == 4.0
+    with Project.open(folder) as project:  # twice the labelled images: chosen again from them
+        for rec in project.images()[1:2]:
+            project.commit(rec, np.asarray(project.current_mask(project.images()[0])))
+    grown = _plan(folder, tmp_path).sizing
+    assert grown.resolution_from == "chosen" and grown.resolution == first.resolution
     # the config overrides it
     forced = _plan(folder, tmp_path, resolution="whole").sizing
     assert forced.resolution.is_whole and forced.resolution_from == "config"

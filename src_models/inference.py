@@ -153,6 +153,8 @@ class Predictor:
             tiles at native resolution instead of resizing the whole image. A checkpoint
             trained in patches mode (``meta["working_resolution"]``) always predicts tile by
             tile at its own scale (:func:`~src_models.tiling.predict_tiled`).
+        use_text: False runs a text model without its text (as trained with ``--no-text``
+            dropout, or to measure what the text adds); no text encoder is loaded.
         feature_cache_size: for models with ``supports_feature_reuse``, how many inputs keep
             their image features (LRU); 0 turns reuse off (every call runs the whole model).
     """
@@ -168,6 +170,7 @@ class Predictor:
         tile: bool = False,
         tile_min_side: int = 1024,
         feature_cache_size: int = 4,
+        use_text: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         if isinstance(text_encoder, str):
@@ -179,7 +182,7 @@ class Predictor:
                 text_encoder = TextEncoder()
             self.model, self.meta = load_model(model, text_encoder)
         self.source = model if not isinstance(model, nn.Module) else None
-        self.uses_text = bool(getattr(self.model, "uses_text", False))
+        self.uses_text = bool(use_text and getattr(self.model, "uses_text", False))
         if self.uses_text and text_encoder is None:
             text_encoder = TextEncoder(self.meta.get("text_encoder") or "default")
         if self.uses_text and text_encoder.dim != self.model.text_dim:

@@ -227,29 +227,22 @@ def _check_text(checkpoint: Path, text: str | None) -> None:
 
 def cmd_evaluate(args) -> int:
     from src_models.data.dataset import SegmentationDataset
-    from src_models.engine.evaluate import evaluate
-    from src_models.inference import load_model
-    from src_models.text import TextEncoder
+    from src_models.engine.evaluate import evaluate, evaluate_full_size
+    from src_models.inference import Predictor
 
-    model, meta = load_model(args.checkpoint)
     # (a checkpoint trained with --no-text says so: its model is loaded with uses_text False)
-    use_text = bool(model.uses_text) and not args.no_text
-    encoder = TextEncoder(meta.get("text_encoder") or "default") if use_text else None
-    dataset = SegmentationDataset(
-        args.data, int(model.img_size), mask_threshold=args.mask_threshold
-    )
-    if (meta.get("working_resolution") or {}).get("mode") == "patches":
+    predictor = Predictor(args.checkpoint, device=args.device, use_text=not args.no_text)
+    dataset = SegmentationDataset(args.data, predictor.img_size, mask_threshold=args.mask_threshold)
+    if predictor.resolution is not None:
         # trained on patches: score full-size images through the same tiled path as predict
-        from src_models.engine.evaluate import evaluate_full_size
-        from src_models.inference import Predictor
-
-        predictor = Predictor(args.checkpoint, device=args.device)
-        if not use_text:
-            predictor.uses_text, predictor.text_encoder = False, None
         result = evaluate_full_size(predictor, dataset)
     else:
         result = evaluate(
-            model, dataset, text_encoder=encoder, use_text=use_text, device=args.device
+            predictor.model,
+            dataset,
+            text_encoder=predictor.text_encoder,
+            use_text=predictor.uses_text,
+            device=args.device,
         )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -88,12 +88,6 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not p.name.startswith(".") and image_suffix(p) in IMAGE_SUFFIXES
 
 
-def _stem(path: str | os.PathLike) -> str:
-    name = Path(path).name
-    suffix = image_suffix(path)
-    return name[: len(name) - len(suffix)] if suffix else name
-
-
 # --------------------------------------------------------------------------- reading
 
 

@@ -185,12 +185,15 @@ def plan_round(
     samples = _samples(cfg, labeled, unlabeled, uses_text)
     size = int(model.img_size)
     in_chans = int(getattr(model, "in_chans", 3) or 3)
-    full = load_full_resolution(samples.labeled)
+    # the resolution needs the sizes and masks only; images are read at full size for patches
+    shapes = [tuple(it.image.shape[-2:]) for it in samples.labeled]
+    masks = [it.load_mask() for it in samples.labeled]
+    texts = [it.text or "" for it in samples.labeled]
     kept, kept_from = (project.get_meta(k) for k in ("working_resolution", "resolution_from_n"))
-    res, how = choose_round_resolution(cfg, full[0], full[1], full[2], size, kept, kept_from)
+    res, how = choose_round_resolution(cfg, shapes, masks, texts, size, kept, kept_from)
     project.set_meta("working_resolution", res.to_dict())
     if how == "chosen":
-        project.set_meta("resolution_from_n", len(full[0]))
+        project.set_meta("resolution_from_n", len(shapes))
     skip: list[str] = []
     if not res.is_whole:
         # EPI, CLCC and SKS stage 1 work on whole images: a patch round trains supervised only
@@ -236,6 +239,7 @@ def plan_round(
         )
         val_set = ProjectDataset(samples.val, size, in_chans=in_chans)
     else:
+        full = load_full_resolution(samples.labeled)
         train_set, val_set = _patch_sets(cfg, samples, full, res, sizing, round_id, in_chans)
     return RoundPlan(
         model, meta, base, base_is_new, encoder, samples, recipe, train_set, val_set, sizing

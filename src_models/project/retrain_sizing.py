@@ -61,7 +61,7 @@ class RoundSizing:
 
 def choose_round_resolution(
     cfg: RetrainConfig,
-    images: list[np.ndarray],
+    shapes: list[tuple[int, int]],
     masks: list[np.ndarray | None],
     texts: list[str],
     size: int,
@@ -80,7 +80,7 @@ def choose_round_resolution(
     if cfg.resolution == "whole":
         return WorkingResolution.whole(size), "config"
     res = None
-    more_evidence = kept_from is None or len(images) >= 2 * int(kept_from)
+    more_evidence = kept_from is None or len(shapes) >= 2 * int(kept_from)
     if cfg.resolution == "auto" and isinstance(kept, dict) and not more_evidence:
         try:
             res = WorkingResolution.from_dict(kept)
@@ -90,7 +90,6 @@ def choose_round_resolution(
             res = None  # chosen for a model of another input size
     how = "project"
     if res is None:
-        shapes = [im.shape[:2] for im in images]
         res, how = choose_resolution(shapes, texts, size, masks), "chosen"
     if cfg.resolution == "patches" and res.is_whole:
         res, how = WorkingResolution("patches", size, 1.0), "config"

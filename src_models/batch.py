@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from src_models.data.io import (
-    _write_atomically,
     image_suffix,
     is_image_file,
     load_image,
@@ -39,7 +38,6 @@ from src_models.data.io import (
     to_float01,
     write_mask,
 )
-from src_models.data.resolution import WorkingResolution
 from src_models.data.transforms import resize_image, resize_prob
 from src_models.device import autocast
 from src_models.errors import UserError
@@ -373,42 +371,11 @@ def _probabilities(predictor, x: np.ndarray, texts: Sequence[str | None]) -> np.
 
 
 def _write_nifti(item: BatchItem, mask: np.ndarray, geometry: dict) -> Path:
-    """A volume mask ``[Z, H, W]`` as NIfTI with the source's geometry: through
-    :func:`src_models.data.writers.write_nifti` and the reader's napari-order affine where the
-    library has them, else (older readers) the source's own NIfTI header, or its spacing."""
-    try:
-        from src_models.data.writers import write_nifti
-    except ImportError:
-        write_nifti = None
-    if write_nifti is not None:
-        return write_nifti(item.output, mask, geometry.get("affine"), inputs=[item.source])
-    import nibabel as nib
+    """A volume mask ``[Z, H, W]`` as NIfTI with the source's geometry (its napari-order
+    affine; 1 mm voxels when the source has none)."""
+    from src_models.data.writers import write_nifti
 
-    data = mask.astype(np.uint8)
-    if image_suffix(item.source) in (".nii", ".nii.gz"):
-        # Undo the reader's display transform and keep the source's affine and header.
-        from src_models.data.readers import _nifti_display_plan
-
-        src = nib.load(str(item.source))
-        arr = data.transpose(2, 1, 0)  # [Z, Y, X] -> [X, Y, Z]
-        flip_cols, flip_rows = _nifti_display_plan(src)
-        if flip_rows:
-            arr = arr[:, ::-1]
-        if flip_cols:
-            arr = arr[::-1]
-        header = src.header.copy()
-        header.set_data_dtype(np.uint8)
-        image = nib.Nifti1Image(
-            np.ascontiguousarray(arr).reshape(src.shape[:3]), src.affine, header
-        )
-    else:
-        # stored [cols, rows, slices] with DICOM-like LPS display axes (read back unflipped)
-        spacing = geometry.get("spacing")
-        sz, sy, sx = (float(v) for v in spacing) if spacing and len(spacing) == 3 else (1, 1, 1)
-        affine = np.diag([-sx, -sy, sz, 1.0])
-        image = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
-    image.header.set_xyzt_units("mm")
-    return _write_atomically(item.output, lambda tmp: nib.save(image, tmp))
+    return write_nifti(item.output, mask, geometry.get("affine"), inputs=[item.source])
 
 
 def _geometry(loaded) -> dict:
@@ -487,17 +454,8 @@ def predict_batch(
 
 
 def _tiled(predictor, image01: np.ndarray, text: str | None, batch_size: int) -> np.ndarray:
-    """The sliding window of :meth:`Predictor.predict_prob` on one float image."""
-    from src_models.tiling import predict_tiled
-
-    res = predictor.resolution
-    overlap = 0.25 if res is not None else 0.5
-    if res is None:
-        res = WorkingResolution("patches", predictor.img_size, 1.0)
-    prob = predict_tiled(
-        image01, predictor._tile_fn(text), res, overlap=overlap, batch_size=batch_size
-    )
-    prob = np.asarray(prob, dtype=np.float32)
+    """The Predictor's sliding window on one float image, with tiles batched."""
+    prob = predictor.tiled_prob(image01, text, batch_size)
     check_finite_prob(prob, predictor.name)
     return prob
 

@@ -283,14 +283,8 @@ class Predictor:
                 f"{image.shape}: pick one slice of a volume first"
             )
         height, width = image.shape[:2]
-        res = self.resolution
-        if res is None and self.tile and max(height, width) > self.tile_min_side:
-            res = WorkingResolution("patches", self.img_size, 1.0)
-        if res is not None:
-            overlap = 0.25 if self.resolution is not None else 0.5  # (tile=: half-tile stride)
-            return predict_tiled(
-                to_float01(image), self._tile_fn(text), res, overlap=overlap, batch_size=4
-            ).astype(np.float32)
+        if self.uses_tiles((height, width)):
+            return self.tiled_prob(to_float01(image), text)
         fingerprint = None
         if self.reuses_features and image.dtype.kind in "biuf":
             # Keyed by the raw pixels: a re-prompt skips the preprocessing too.
@@ -311,6 +305,21 @@ class Predictor:
         cut = self.threshold if threshold is None else float(threshold)
         prob = self.predict_prob(image, text)
         return Prediction(prob=prob, mask=prob >= cut, threshold=cut, text=text)
+
+    def uses_tiles(self, shape: tuple[int, int]) -> bool:
+        """Does an image of ``shape`` (``(H, W)``) go through the sliding window?"""
+        return self.resolution is not None or (self.tile and max(shape) > self.tile_min_side)
+
+    def tiled_prob(self, image01: np.ndarray, text: str | None, batch_size: int = 4) -> np.ndarray:
+        """The sliding window over a float image in [0, 1] -> probabilities ``[H, W]``: at the
+        checkpoint's working resolution, else (``tile=``) native tiles with a half-tile stride."""
+        res, overlap = self.resolution, 0.25
+        if res is None:
+            res, overlap = WorkingResolution("patches", self.img_size, 1.0), 0.5
+        prob = predict_tiled(
+            image01, self._tile_fn(text), res, overlap=overlap, batch_size=batch_size
+        )
+        return np.asarray(prob, dtype=np.float32)
 
     def _tile_fn(self, text: str | None):
         """Tiles ``[B, C, S, S]`` -> probabilities ``[B, S, S]`` (for ``predict_tiled``)."""

@@ -1,7 +1,7 @@
 """Fixtures of the robustness suite (helpers: ``robustness_cases``).
 
 Issue 20: every bad input ends in one clear line and changes nothing on disk. The suite holds
-163 cases (collected test items), by what is bad in them:
+166 cases (collected test items), by what is bad in them:
 
 ==========================  =====  ==================================================
 kind                        cases  e.g.
@@ -13,9 +13,9 @@ checkpoint                     32  corrupt, NaN weights, threshold NaN / -1 / 1e
                                    width 65536, depth 10^6, trained with ``--no-text``
 dataset                        31  masks with a background of 1-3, missing masks,
                                    wrong sizes, bad tables, bad masks committed
-project                        24  corrupt / foreign / newer manifest, creation killed
+project                        25  corrupt / foreign / newer manifest, creation killed
                                    half way, read-only project, full disk on commit
-output path                    19  an input as output, ``--prob-out`` = ``--out``, a
+output path                    21  an input as output, ``--prob-out`` = ``--out``, a
                                    wrong suffix, read-only folder, ``synth --size``
 flags, devices, boundary       21  thresholds outside (0, 1), bad devices, usage
                                    errors, unexpected errors (``--debug``)

@@ -10,7 +10,8 @@ current model is then scored on the held-out split at the images' own size, thro
 the checkpoint's threshold. Also scored: the shipped default before any correction.
 
 ``--old`` also runs each seed with the settings the button had before rounds were sized by work
-(5 epochs per round, whole images resized to the model), side by side in the same run.
+(5 epochs per round, whole images resized to the model), and ``--no-epi`` with EPI's pseudo
+labels off, side by side in the same run.
 
     python -m benchmarks.bench_loop --monuseg /work/shared/datasets/MoNuSeg --seeds 0 1 2
     python -m benchmarks.bench_loop --synthetic --seeds 0 1 2
@@ -39,14 +40,27 @@ OUT = Path(__file__).resolve().parent / "out"
 STEPS = (1, 3, 5, 10)
 
 
-def button_config(old: bool = False):
-    """The RetrainConfig of one press of the widget's Retrain button with its defaults."""
+#: What each compared setting changes in the button's config.
+SETTINGS = {
+    "new": {},
+    # the button before rounds were sized by work: 5 epochs, whole images
+    "old": {"epochs": 5, "resolution": "whole"},
+    # the button without EPI's pseudo labels on the uncorrected images
+    "no_epi": {"semi": "off"},
+}
+NAMES = {
+    "new": "Retrain button (defaults)",
+    "old": "before (5 epochs, whole)",
+    "no_epi": "Retrain button, EPI off",
+}
+
+
+def button_config(settings: str = "new"):
+    """The RetrainConfig of one press of the widget's Retrain button with its defaults (and
+    the changes of ``settings``)."""
     from napari_lvit._annotate.session import button_retrain_config
 
-    cfg = button_retrain_config()
-    if old:  # the button before this change: 5 epochs, whole images, the epoch-based round
-        cfg = dataclasses.replace(cfg, epochs=5, resolution="whole")
-    return cfg
+    return dataclasses.replace(button_retrain_config(), **SETTINGS[settings])
 
 
 def score(checkpoint: str | Path, records, threads: int) -> tuple[float, list[float], float]:
@@ -82,12 +96,12 @@ def splits(args, work: Path):
     return train, scan_split(test)
 
 
-def run_seed(args, seed: int, train_dir: Path, test, old: bool) -> dict:
+def run_seed(args, seed: int, train_dir: Path, test, settings: str) -> dict:
     from src_models.data.io import read_mask
     from src_models.project.retrain import RetrainRoundEnd, retrain
     from src_models.project.workspace import open_workspace
 
-    cfg = button_config(old)
+    cfg = button_config(settings)
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         project, how = open_workspace(train_dir, Path(tmp) / "project", with_masks=False)
         with project:
@@ -122,17 +136,20 @@ def run_seed(args, seed: int, train_dir: Path, test, old: bool) -> dict:
                     "working_resolution": m.get("working_resolution"),
                     "best_val_dice": m.get("best_dice"),
                     "made_current": m.get("made_current"),
+                    "start_probe": m.get("start_probe"),
                 }
                 rows.append(row)
+                probe = row["start_probe"]
+                chose = "" if not probe else f", start: {probe['chosen']}"
                 print(
-                    f"  seed {seed} {'old' if old else 'new'} k={k}: Dice {dice:.3f} "
+                    f"  seed {seed} {settings} k={k}: Dice {dice:.3f} "
                     f"(round {seconds:.0f} s, {row['steps']} steps, {row['engine']}, "
-                    f"{row['working_resolution']})",
+                    f"{row['working_resolution']}{chose})",
                     flush=True,
                 )
     return {
         "seed": seed,
-        "settings": "old" if old else "new",
+        "settings": settings,
         "config": cfg.to_dict(),
         "rows": rows,
     }
@@ -143,7 +160,7 @@ def table(runs: list[dict], before: float, steps) -> str:
         "| settings | " + " | ".join(f"{k} corrected" for k in steps) + " | s per round |",
         "|---|" + "---|" * (len(steps) + 1),
     ]
-    for settings in ("new", "old"):
+    for settings in SETTINGS:
         chosen = [r for r in runs if r["settings"] == settings]
         if not chosen:
             continue
@@ -152,10 +169,8 @@ def table(runs: list[dict], before: float, steps) -> str:
             m, sd = stats([row["dice"] for r in chosen for row in r["rows"] if row["k"] == k])
             cells.append(f"{m:.3f} ± {sd:.3f}")
         secs = [row["round_seconds"] for r in chosen for row in r["rows"]]
-        name = "Retrain button (defaults)" if settings == "new" else "before (5 epochs, whole)"
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {np.median(secs):.0f} (max {max(secs):.0f}) |"
-        )
+        seconds = f"{np.median(secs):.0f} (max {max(secs):.0f})"
+        lines.append(f"| {NAMES[settings]} | " + " | ".join(cells) + f" | {seconds} |")
     lines.append(f"\nShipped default before any correction: Dice {before:.3f}.")
     return "\n".join(lines)
 
@@ -169,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     parser.add_argument("--size", type=int, default=224, help="synthetic image size")
     parser.add_argument("--old", action="store_true", help="also run the settings of before")
+    parser.add_argument(
+        "--no-epi", action="store_true", help="also run the button's settings with EPI off"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads for scoring")
     parser.add_argument("--quick", action="store_true", help="small synthetic smoke run")
     parser.add_argument("--out", type=Path, default=None)
@@ -188,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shipped default before any correction: Dice {before:.3f}", flush=True)
         runs = []
         for seed in args.seeds:
-            for old in (False, True) if args.old else (False,):
-                runs.append(run_seed(args, seed, train_dir, test, old))
+            compared = ["new"] + ["old"] * args.old + ["no_epi"] * args.no_epi
+            for settings in compared:
+                runs.append(run_seed(args, seed, train_dir, test, settings))
                 result = {"header": head, "data": name, "default_dice": before, "runs": runs}
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(result, indent=1))

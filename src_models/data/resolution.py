@@ -30,6 +30,7 @@ __all__ = [
     "choose_resolution",
     "object_diameters",
     "steps_for",
+    "still_suits",
 ]
 
 _MODES = ("whole", "patches")
@@ -152,6 +153,37 @@ def choose_resolution(
     if largest <= LARGE_IMAGE * size:
         return WorkingResolution.whole(size)
     return WorkingResolution("patches", size, 1.0)
+
+
+#: A kept patch scale still suits while objects stay this wide at it (half an octave of slack
+#: below TARGET_OBJECT_PX, so that a project does not flip scales on a noisy median).
+KEEP_OBJECT_PX = TARGET_OBJECT_PX / math.sqrt(2)
+
+
+def still_suits(
+    res: WorkingResolution,
+    image_shapes: Sequence[Sequence[int]],
+    texts: Sequence[str | None] = (),
+    masks: Sequence[np.ndarray | None] | None = None,
+) -> bool:
+    """Whether a project may keep ``res`` for these images instead of switching to
+    :func:`choose_resolution`'s pick: the same mode, and in patch mode a scale at most one
+    octave finer than the pick that keeps the median object at least :data:`KEEP_OBJECT_PX`
+    wide and every image at least a patch wide. (Each switch of scale makes the next round
+    relearn at the new scale; a scale near the rule's boundary would flip with every few new
+    labels.)"""
+    pick = choose_resolution(image_shapes, texts, res.patch, masks)
+    if pick.mode != res.mode or pick.patch != res.patch:
+        return False
+    if res.is_whole or res.scale == pick.scale:
+        return True
+    labeled = [m for m in masks if m is not None] if masks is not None else []
+    diam = object_diameters(labeled) if labeled else np.zeros(0)
+    if not len(diam) or res.scale < pick.scale / 2:
+        return False
+    smallest = min(min(int(s[0]), int(s[1])) for s in image_shapes)
+    wide_enough = float(np.median(diam)) / res.scale >= KEEP_OBJECT_PX
+    return wide_enough and smallest / res.scale >= res.patch
 
 
 def steps_for(

@@ -52,6 +52,7 @@ from .retrain_events import (
     RetrainDone,
     RetrainRoundEnd,
     RetrainRoundStart,
+    RetrainStartProbe,
     event_to_dict,
     format_retrain_event,
 )
@@ -66,6 +67,7 @@ from .retrain_files import (
     round_paths,
 )
 from .retrain_round import FitLog, RoundPlan, plan_round, round_recipe, validation_dice, worse
+from .retrain_start import probe_starts, start_candidates
 from .store import Project
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "RetrainRun",
     "RetrainRoundEnd",
     "RetrainRoundStart",
+    "RetrainStartProbe",
     "event_to_dict",
     "format_retrain_event",
     "recover_stale_rounds",
@@ -173,6 +176,12 @@ class RetrainRun:
             if own:
                 project.close()
 
+    def _set_trainer(self, trainer: Any) -> None:
+        """The trainer a cancel reaches (``None``: none running)."""
+        self._trainer = trainer
+        if trainer is not None and self._cancel.is_set():
+            trainer.cancel()
+
     def _round(self, project: Project, index: int) -> Iterator[Any]:
         labeled = project.labeled()
         unlabeled = project.unlabeled()
@@ -255,6 +264,16 @@ class RetrainRun:
                 plan.model, plan.val_set, plan.encoder, plan.recipe.train
             )
             project.update_round(round_id, metrics)
+        candidates = start_candidates(project, self.config, plan)
+        if candidates:
+            started = time.perf_counter()
+            best, record = yield from probe_starts(candidates, plan, round_id, self._set_trainer)
+            if self._cancel.is_set():
+                return
+            plan.start_from(best, record["epochs"])
+            metrics.update(start_probe=record, base=plan.base, trainer=plan.recipe.to_dict())
+            metrics["probe_seconds"] = time.perf_counter() - started
+            project.update_round(round_id, metrics)
         for _ in sks_stage1(plan.model, plan.train_set, plan.recipe):
             pass
         trainer = build_trainer(plan.model, plan.train_set, plan.val_set, plan.encoder, plan.recipe)
@@ -262,11 +281,9 @@ class RetrainRun:
 
     def _fit(self, project, round_id, trainer, plan: RoundPlan, metrics) -> Iterator[Any]:
         """Run the trainer, saving the round's metrics as epochs end; cancellable."""
-        self._trainer = trainer
-        if self._cancel.is_set():
-            trainer.cancel()
+        self._set_trainer(trainer)
         log = FitLog(metrics, "SemiDone" if plan.recipe.semi is not None else "TrainingDone")
-        budget = TimeBudget(self.config, plan, trainer)
+        budget = TimeBudget(self.config, plan, trainer, metrics.get("probe_seconds", 0.0))
         for event in trainer.fit():
             if log.record(event):
                 project.update_round(round_id, metrics)
@@ -282,14 +299,16 @@ class TimeBudget:
     """Ends a round sized in steps once its training has taken ``time_budget_s`` (checked when
     an epoch ends; the best model so far is kept, as at any early stop). The steps are planned
     to fit the budget from the last round's speed; this holds it when the machine is slower now
-    (other work, a first round with nothing measured). Epoch-counted rounds and EPI rounds run
-    to their end."""
+    (other work, a first round with nothing measured). ``spent_s``: what the round used already
+    (the start probe). Epoch-counted rounds and EPI rounds run to their end."""
 
-    def __init__(self, cfg: RetrainConfig, plan: RoundPlan, trainer: Any) -> None:
-        self.seconds = float(cfg.time_budget_s)
+    def __init__(
+        self, cfg: RetrainConfig, plan: RoundPlan, trainer: Any, spent_s: float = 0.0
+    ) -> None:
+        self.seconds = max(float(cfg.time_budget_s) - float(spent_s), 1.0)
         self.active = (
             cfg.epochs is None
-            and self.seconds > 0
+            and cfg.time_budget_s > 0
             and plan.sizing is not None
             and plan.sizing.steps is not None
             and hasattr(trainer, "should_stop")

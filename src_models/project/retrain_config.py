@@ -21,6 +21,7 @@ __all__ = ["RetrainConfig", "RetrainError"]
 
 SEMI_CHOICES = ("auto", "epi", "off")
 RESOLUTION_CHOICES = ("auto", "whole", "patches")
+START_CHOICES = ("auto", "model")
 
 
 class RetrainError(UserError, ValueError):
@@ -56,7 +57,8 @@ class RetrainConfig:
 
     ``model``: what to start from when the project has no current checkpoint (or with
     ``from_scratch``): a checkpoint file, ``"default"``, a registry name, or ``"auto"``
-    (``default`` if shipped, else ``lvit_s`` at 128 px). ``img_size`` applies to a new registry
+    (``default`` if shipped, else ``lvit_s`` at 128 px). ``start="auto"`` probes it against a
+    fresh model in the first round (:mod:`.retrain_start`). ``img_size`` applies to a new registry
     model only (``None``: its own size; 128 px for the "auto" choice).
     ``semi``: ``"auto"`` (EPI when available and there are unlabelled images with a text),
     ``"epi"`` (required) or ``"off"``. A validation split of ``val_fraction`` of the labelled
@@ -108,6 +110,13 @@ class RetrainConfig:
         "start from this checkpoint/registry model when the project has no model yet "
         "('auto': the shipped default, else lvit_s)",
     )
+    start: str = _opt(
+        "auto",
+        "first round of a project without a model: auto (probe the configured model, a fresh "
+        "one and checkpoints/pretrained.safetensors briefly; go on with the best) or model (the "
+        "configured model)",
+        choices=START_CHOICES,
+    )
     img_size: int | None = _opt(
         None, "input size of a new registry model (none: its own; 128 for 'auto')"
     )
@@ -151,6 +160,8 @@ class RetrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not self.time_budget_s >= 0:
             raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
+        if self.start not in START_CHOICES:
+            raise ValueError(f"start must be 'auto' or 'model', got {self.start!r}")
         if self.semi not in SEMI_CHOICES:
             raise ValueError(f"semi must be 'auto', 'epi' or 'off', got {self.semi!r}")
         if not 0.0 <= self.val_fraction < 1.0:

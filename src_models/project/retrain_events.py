@@ -15,6 +15,7 @@ __all__ = [
     "RetrainDone",
     "RetrainRoundEnd",
     "RetrainRoundStart",
+    "RetrainStartProbe",
     "event_to_dict",
     "format_retrain_event",
 ]
@@ -54,6 +55,21 @@ class RetrainRoundEnd:
     metrics: dict[str, Any]
     error: str | None = None
     current: bool = True
+
+
+@dataclass(frozen=True)
+class RetrainStartProbe:
+    """A new project's first round probed one start candidate (:mod:`.retrain_start`):
+    ``dice`` is its validation Dice after ``steps`` steps."""
+
+    round_id: int
+    label: str
+    base: str
+    index: int  # 1-based
+    total: int
+    dice: float | None
+    steps: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,12 @@ def format_retrain_event(event: Any) -> str:
                 "the current model stays)"
             )
         return f"round {event.round_id} {event.status}{extra}{where}{why}"
+    if isinstance(event, RetrainStartProbe):
+        dice = "no validation" if event.dice is None else f"val Dice {event.dice:.4f}"
+        return (
+            f"round {event.round_id} start probe {event.index}/{event.total}: {event.base}, "
+            f"{dice} after {event.steps} steps ({event.seconds:.0f} s)"
+        )
     if isinstance(event, RetrainDone):
         return f"retraining {event.status} after {event.rounds_done} round(s); current model: " + (
             event.checkpoint or "none"

@@ -5,6 +5,7 @@ round's metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class RoundPlan:
     train_set: Any
     val_set: Any
     sizing: RoundSizing | None = None
+    labeled_set: Any = None  # the labelled part of train_set (the start probe trains on it)
 
     def summary(self) -> dict[str, Any]:
         """The round's metrics once it is planned (``trainer``: the configs of the engine)."""
@@ -71,6 +73,26 @@ class RoundPlan:
             "trainer": self.recipe.to_dict(),
             **({} if self.sizing is None else self.sizing.summary()),
         }
+
+    def start_from(self, start: Any, probe_epochs: int) -> None:
+        """Continue from ``start`` (a :class:`~.retrain_start.StartCandidate` that trained
+        ``probe_epochs`` epochs in the start probe): its model, at its learning rate, for the
+        rest of the round's epochs. With EPI, the probe was the supervised round 0."""
+        self.model, self.meta = start.model, start.meta
+        self.base, self.base_is_new = start.base, start.base_is_new
+        train = self.recipe.train
+        epochs = max(1, int(train.epochs) - int(probe_epochs))
+        lr = float(start.lr)
+        train = dataclasses.replace(
+            train, epochs=epochs, t0=epochs, lr=lr, min_lr=lr * train.min_lr / train.lr
+        )
+        semi = self.recipe.semi
+        if semi is not None:
+            semi = dataclasses.replace(semi, round0_epochs=0, round_epochs=epochs)
+        self.recipe = dataclasses.replace(self.recipe, train=train, semi=semi)
+        if self.sizing is not None:
+            self.sizing.epochs, self.sizing.lr, self.sizing.min_lr = epochs, lr, train.min_lr
+            self.sizing.lr_rule = start.lr_rule
 
     def start_event(self, round_id: int, index: int, cfg: RetrainConfig) -> RetrainRoundStart:
         s = self.samples
@@ -192,7 +214,7 @@ def plan_round(
     kept, kept_from = (project.get_meta(k) for k in ("working_resolution", "resolution_from_n"))
     res, how = choose_round_resolution(cfg, shapes, masks, texts, size, kept, kept_from)
     project.set_meta("working_resolution", res.to_dict())
-    if how == "chosen":
+    if how in ("chosen", "kept"):  # the evidence was weighed at this many labelled images
         project.set_meta("resolution_from_n", len(shapes))
     skip: list[str] = []
     if not res.is_whole:
@@ -238,11 +260,31 @@ def plan_round(
             in_chans=in_chans,
         )
         val_set = ProjectDataset(samples.val, size, in_chans=in_chans)
+        labeled_set = train_set
+        if samples.unlabeled:
+            labeled_set = ProjectDataset(
+                samples.train,
+                size,
+                augment=cfg.augment,
+                seed=cfg.seed + round_id,
+                in_chans=in_chans,
+            )
     else:
         full = load_full_resolution(samples.labeled)
         train_set, val_set = _patch_sets(cfg, samples, full, res, sizing, round_id, in_chans)
+        labeled_set = train_set
     return RoundPlan(
-        model, meta, base, base_is_new, encoder, samples, recipe, train_set, val_set, sizing
+        model,
+        meta,
+        base,
+        base_is_new,
+        encoder,
+        samples,
+        recipe,
+        train_set,
+        val_set,
+        sizing,
+        labeled_set,
     )
 
 

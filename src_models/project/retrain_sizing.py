@@ -14,7 +14,7 @@ import numpy as np
 from .retrain_config import RetrainConfig
 from .store import Project
 
-__all__ = ["RoundSizing", "choose_round_resolution", "size_round"]
+__all__ = ["RoundSizing", "choose_round_resolution", "size_round", "step_round_lr"]
 
 
 @dataclass
@@ -74,28 +74,40 @@ def choose_round_resolution(
     model of this size: a project keeps its resolution, so a round fine-tunes the last one's
     model instead of relearning at another scale, until it has twice as many labelled images
     to choose from), else :func:`~src_models.data.resolution.choose_resolution` over the
-    labelled images."""
-    from src_models.data.resolution import WorkingResolution, choose_resolution
+    labelled images, unless the kept one :func:`~src_models.data.resolution.still_suits` them
+    (``"kept"``: confirmed on the new evidence)."""
+    from src_models.data.resolution import WorkingResolution, choose_resolution, still_suits
 
     if cfg.resolution == "whole":
         return WorkingResolution.whole(size), "config"
     res = None
     more_evidence = kept_from is None or len(shapes) >= 2 * int(kept_from)
-    if cfg.resolution == "auto" and isinstance(kept, dict) and not more_evidence:
-        try:
-            res = WorkingResolution.from_dict(kept)
-        except (TypeError, ValueError):
-            res = None
-        if res is not None and res.patch != size:
-            res = None  # chosen for a model of another input size
+    if cfg.resolution == "auto" and not more_evidence:
+        res = _kept(kept, size)
     how = "project"
     if res is None:
         res, how = choose_resolution(shapes, texts, size, masks), "chosen"
+        old = _kept(kept, size) if cfg.resolution == "auto" else None
+        if old is not None and old != res and still_suits(old, shapes, texts, masks):
+            res, how = old, "kept"  # confirmed on the new evidence
     if cfg.resolution == "patches" and res.is_whole:
         res, how = WorkingResolution("patches", size, 1.0), "config"
     if not res.is_whole and cfg.resolution_scale is not None:
         res, how = WorkingResolution("patches", size, float(cfg.resolution_scale)), "config"
     return res, how
+
+
+def _kept(kept: dict[str, Any] | None, size: int) -> Any:
+    """The project's stored working resolution, if it was chosen for a model of ``size``."""
+    from src_models.data.resolution import WorkingResolution
+
+    if not isinstance(kept, dict):
+        return None
+    try:
+        res = WorkingResolution.from_dict(kept)
+    except (TypeError, ValueError):
+        return None
+    return res if res.patch == size else None
 
 
 def previous_s_per_step(project: Project) -> float | None:
@@ -129,6 +141,16 @@ EPOCH_ROUND_BATCH, EPOCH_ROUND_LR, STEP_ROUND_BATCH = 2, 3e-4, 4
 PATCH_EPOCH_STEPS = 50
 
 
+def step_round_lr(cfg: RetrainConfig, same_resolution: bool) -> tuple[float, str]:
+    """The learning rate of a round sized in steps, and why: ``cfg.lr``, else 3e-4 to fine-tune
+    a model trained at the round's resolution, else 1e-3."""
+    if cfg.lr is not None:
+        return float(cfg.lr), "as configured"
+    if same_resolution:
+        return 3e-4, "3e-4: the starting model was trained at this resolution"
+    return 1e-3, "1e-3: the starting model is new or was trained at another resolution"
+
+
 def size_round(
     cfg: RetrainConfig,
     res: Any,
@@ -156,13 +178,7 @@ def size_round(
     if s_per_step and cfg.time_budget_s > 0:
         cap = max(1, int(cfg.time_budget_s / s_per_step))
     steps = int(cfg.steps) if cfg.steps is not None else steps_for(n_labeled, maximum=cap)
-    same = start_resolution is not None and start_resolution == res
-    if cfg.lr is not None:
-        lr, rule = float(cfg.lr), "as configured"
-    elif same:
-        lr, rule = 3e-4, "3e-4: the starting model was trained at this resolution"
-    else:
-        lr, rule = 1e-3, "1e-3: the starting model is new or was trained at another resolution"
+    lr, rule = step_round_lr(cfg, start_resolution is not None and start_resolution == res)
     batch = int(cfg.batch_size or STEP_ROUND_BATCH)
     if res.is_whole:
         epochs = max(1, math.ceil(steps * batch / max(n_train, 1)))

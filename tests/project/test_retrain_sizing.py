@@ -4,59 +4,24 @@ the round and the checkpoint), and prediction and evaluation follow the checkpoi
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from retrain_cases import blob_tile, tile_project  # (tests/ is on sys.path)
 
 from src_models.cli import main as cli_main
-from src_models.data.io import read_mask, write_mask
 from src_models.data.patches import steps_for
 from src_models.engine.checkpoint import read_checkpoint_meta
 from src_models.inference import Predictor
 from src_models.project import Project
 from src_models.project.retrain import RetrainConfig, retrain
 from src_models.project.retrain_round import plan_round
-from src_models.project.workspace import open_workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {"model": "lvit_tiny", "img_size": None, "device": "cpu", "num_threads": 1, "semi": "off"}
-
-
-def _blobs(size: int, n: int, radius: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    mask = np.zeros((size, size), bool)
-    for _ in range(n):
-        cy, cx = rng.integers(radius, size - radius, 2)
-        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-    image = rng.integers(150, 230, (size, size, 3)).astype(np.uint8)
-    image[mask] = (60, 30, 120)
-    return image, mask
-
-
-def _project(tmp_path, size: int, n: int, labeled: int, radius: int = 10):
-    data = tmp_path / "data"
-    (data / "img").mkdir(parents=True)
-    (data / "labelcol").mkdir()
-    rows = []
-    for i in range(n):
-        image, mask = _blobs(size, 12, radius, i)
-        name = f"tile_{i:02d}.png"
-        Image.fromarray(image).save(data / "img" / name)
-        write_mask(data / "labelcol" / name, mask)
-        rows.append((name, "Nuclei."))
-    with open(data / "text.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([("Image", "Description"), *rows])
-    project, how = open_workspace(data, tmp_path / "proj", with_masks=False)
-    with project:
-        for rec in project.images()[:labeled]:
-            project.commit(rec, read_mask(data / "labelcol" / f"{rec.name}.png"), model_version="t")
-    return tmp_path / "proj", data
 
 
 def _plan(folder, tmp_path, **options):
@@ -70,7 +35,7 @@ def _plan(folder, tmp_path, **options):
 def test_a_rounds_steps_grow_with_the_labelled_images_not_with_epochs(tmp_path):
     steps = {}
     for k in (1, 4, 6):
-        folder, _ = _project(tmp_path / str(k), 64, 6, k)
+        folder, _ = tile_project(tmp_path / str(k), 64, 6, k)
         plan = _plan(folder, tmp_path / str(k))
         assert plan.sizing.resolution.is_whole  # 64 px images, a 64 px model
         steps[k] = plan.summary()["plan"]["steps"]
@@ -79,13 +44,13 @@ def test_a_rounds_steps_grow_with_the_labelled_images_not_with_epochs(tmp_path):
         assert plan.recipe.train.epochs == -(-steps[k] * plan.recipe.train.batch_size // n_train)
     assert steps[1] == 300 < steps[4] == 400 < steps[6] == 600
     # an explicit epochs value keeps the epoch-counted round
-    folder, _ = _project(tmp_path / "e", 64, 3, 2)
+    folder, _ = tile_project(tmp_path / "e", 64, 3, 2)
     plan = _plan(folder, tmp_path / "e", epochs=2)
     assert plan.recipe.train.epochs == 2 and plan.summary()["plan"]["steps"] is None
 
 
 def test_large_images_with_small_objects_train_predict_and_evaluate_on_patches(tmp_path, capsys):
-    folder, data = _project(tmp_path, 300, 3, 2)
+    folder, data = tile_project(tmp_path, 300, 3, 2)
     shapes: list[tuple[int, ...]] = []
 
     def hook(module, args):
@@ -113,7 +78,7 @@ def test_large_images_with_small_objects_train_predict_and_evaluate_on_patches(t
     predictor = Predictor(checkpoint, device="cpu")
     seen: list[tuple[int, ...]] = []
     predictor.model.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
-    image, _ = _blobs(300, 12, 10, 0)
+    image, _ = blob_tile(300, 12, 10, 0)
     prob = predictor.predict_prob(image, "Nuclei.")
     assert prob.shape == (300, 300) and np.isfinite(prob).all()
     assert len(seen) >= 1 and all(s[-2:] == (64, 64) for s in seen)
@@ -126,7 +91,7 @@ def test_large_images_with_small_objects_train_predict_and_evaluate_on_patches(t
 
 
 def test_small_images_stay_whole_and_the_config_can_force_patches(tmp_path):
-    folder, _ = _project(tmp_path, 64, 2, 2)
+    folder, _ = tile_project(tmp_path, 64, 2, 2)
     assert _plan(folder, tmp_path).sizing.resolution.is_whole
     plan = _plan(folder, tmp_path, resolution="patches", resolution_scale=1.0, steps=3)
     assert plan.sizing.resolution.to_dict() == {"mode": "patches", "patch": 64, "scale": 1.0}
@@ -134,7 +99,7 @@ def test_small_images_stay_whole_and_the_config_can_force_patches(tmp_path):
 
 
 def test_the_time_budget_ends_a_step_sized_round_and_keeps_its_best_model(tmp_path):
-    folder, _ = _project(tmp_path, 64, 4, 2)
+    folder, _ = tile_project(tmp_path, 64, 4, 2)
     planned = 400
     events = list(retrain(folder, config=RetrainConfig(**TINY, steps=planned, time_budget_s=1e-3)))
     assert events[-1].status == "done"
@@ -144,7 +109,7 @@ def test_the_time_budget_ends_a_step_sized_round_and_keeps_its_best_model(tmp_pa
         assert 0 < r.metrics["steps"] < planned  # it stopped after its first epoch
         assert project.current_checkpoint is not None and project.current_checkpoint.is_file()
     # an epoch-counted round runs to its end whatever the budget
-    folder, _ = _project(tmp_path / "epochs", 64, 4, 2)
+    folder, _ = tile_project(tmp_path / "epochs", 64, 4, 2)
     list(retrain(folder, config=RetrainConfig(**TINY, epochs=2, time_budget_s=1e-3)))
     with Project.open(folder) as project:
         (r,) = project.rounds()
@@ -152,7 +117,7 @@ def test_the_time_budget_ends_a_step_sized_round_and_keeps_its_best_model(tmp_pa
 
 
 def test_a_project_keeps_its_working_resolution_across_rounds(tmp_path):
-    folder, _ = _project(tmp_path, 300, 4, 1)
+    folder, _ = tile_project(tmp_path, 300, 4, 1)
     first = _plan(folder, tmp_path).sizing
     assert not first.resolution.is_whole and first.resolution_from == "chosen"
     with Project.open(folder) as project:  # a later round with other objects: the same scale

@@ -6,13 +6,21 @@ re-cuts the last probability map without running the model again. Once a model i
 description is encoded in the background while it is typed (after a short pause), so pressing
 Segment runs only the image and fusion parts of the model.
 
+A CT window preset (lung, mediastinum, bone, brain) sets the image layer's contrast limits and
+is kept in its metadata (``"window"``: level, width in HU); the model's input follows it.
+"Whole volume" segments every slice of a 3D image, slices batched through the model
+(:mod:`napari_lvit._volume`), with a progress bar and Cancel; the proposal layer is written
+only once every slice is done.
+
 Other widgets build on it through a small public API (the annotation loop does): the
 ``proposal_ready`` and ``proposal_recut`` signals, extra model choices resolved by a callable
 (:meth:`SegmentWidget.set_model_sources`), hooks that may take over Segment
 (``segment_hook``), choose the model's input plane (``plane_provider``) or prepare the thread
-that predicts (``thread_setup``), and :meth:`SegmentWidget.predictor`,
+that predicts (``thread_setup``), :meth:`SegmentWidget.predictor`,
 :meth:`SegmentWidget.proposal_layer`, :meth:`SegmentWidget.adopt_proposal` for work they run
-themselves.
+themselves, :meth:`SegmentWidget.segment_volume` and :meth:`SegmentWidget.layer_window`, the
+``window_changed`` and ``volume_progress`` signals, and ``offers_whole_volume`` (False hides
+the Whole volume button for a widget with its own).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSlider,
     Label,
+    ProgressBar,
     PushButton,
     TextEdit,
     create_widget,
@@ -37,11 +46,13 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 from psygnal import Signal
 
-from napari_lvit import _errors
+from napari_lvit import _ct_window, _errors
+from src_models.data.windows import Window, as_window
 
 if TYPE_CHECKING:
     import napari
 
+    from napari_lvit._volume import VolumeRun
     from src_models.inference import Prediction, Predictor
 
 FROM_FILE = "checkpoint file…"
@@ -100,6 +111,10 @@ class SegmentWidget(Container):
     proposal_ready = Signal(object, object, object)
     #: the threshold slider re-cut the shown proposal: (labels layer, index into it)
     proposal_recut = Signal(object, object)
+    #: a window preset was chosen for an image layer: (image layer, Window or None)
+    window_changed = Signal(object, object)
+    #: a whole-volume run finished a model batch: (slices done, slices in all)
+    volume_progress = Signal(int, int)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -111,7 +126,11 @@ class SegmentWidget(Container):
         self._worker = None
         self._typing_timer = None  # a QTimer, made on the first keystroke
         self._model_sources: dict[str, Callable[[], str]] = {}
+        self._volume_run: VolumeRun | None = None
+        self._syncing_window = False
         self.run_synchronously = False  # tests flip this to run the model on the calling thread
+        #: slices per model call in a whole-volume run
+        self.volume_batch_size = 8
         #: called first by :meth:`segment`; returning True means it handled (or refused) it
         self.segment_hook: Callable[[], bool] | None = None
         #: (image layer, viewer's current step) -> (model input plane, index into the layer)
@@ -123,8 +142,17 @@ class SegmentWidget(Container):
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.image = create_widget(annotation=Image, label="Image")
+        self.window = ComboBox(label="CT window", choices=_ct_window.window_choices())
+        self.window.tooltip = (
+            "Hounsfield-unit window for a CT: sets the contrast, and the model sees the image "
+            "through it (none: the image's own range, or the model's trained window)"
+        )
         self.text = TextEdit(label="Description")
         self.segment_button = PushButton(text="Segment")
+        self.volume_button = PushButton(text="Whole volume")
+        self.volume_button.tooltip = "Segment every slice of the 3D image (slices batched)"
+        self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
+        self.cancel_button = PushButton(text="Cancel")
         self.threshold = FloatSlider(label="Threshold", min=0.01, max=0.99, step=0.01, value=0.5)
         self.status = Label(value="Type a description and press Segment.")
         self.extend(
@@ -133,13 +161,19 @@ class SegmentWidget(Container):
                 self.checkpoint,
                 self.device,
                 self.image,
+                self.window,
                 self.text,
                 self.segment_button,
+                self.volume_button,
+                self.progress,
+                self.cancel_button,
                 self.threshold,
                 self.status,
             ]
         )
+        self._offers_whole_volume = True
         self.checkpoint.visible = False
+        self.progress.visible = self.cancel_button.visible = False
         wrap_to_width(self.status.native)
         # as wide as the dock allows, not as the longest choice (that would widen the dock)
         policy = self.model.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
@@ -150,6 +184,9 @@ class SegmentWidget(Container):
         self.model.changed.connect(self._on_model_changed)
         self.image.changed.connect(self._on_image_changed)
         self.segment_button.changed.connect(self.segment)
+        self.volume_button.changed.connect(lambda: self.segment_volume())
+        self.cancel_button.changed.connect(self.cancel_volume)
+        self.window.changed.connect(self._on_window_chosen)
         # magicgui's TextEdit.changed never fires (QTextEdit.textChanged carries no value, which
         # magicgui drops as null), so listen to the Qt signal itself.
         self.text.native.textChanged.connect(self._on_text_changed)
@@ -207,12 +244,51 @@ class SegmentWidget(Container):
         self.checkpoint.visible = value == FROM_FILE
 
     def _on_image_changed(self, layer: Image | None) -> None:
-        """Fill the description from the image's metadata (e.g. a report read with it)."""
+        """Fill the description from the image's metadata (e.g. a report read with it), show
+        its window, offer Whole volume for a 3D image."""
+        self._show_window(self.layer_window(layer))
+        self._update_volume_button()
         if layer is None:
             return
         text = layer.metadata.get("description") or layer.metadata.get("text")
         if text:
             self.text.value = str(text)
+
+    # --- CT windows ----------------------------------------------------------------------
+    @staticmethod
+    def layer_window(layer: Image | None) -> Window | None:
+        """The CT window kept with ``layer`` (``None``: none)."""
+        return _ct_window.layer_window(layer)
+
+    def _show_window(self, window: Window | None) -> None:
+        """Show ``window`` in the combo without applying it again."""
+        self._syncing_window = True
+        try:
+            self.window.choices = _ct_window.window_choices(window)
+            self.window.value = _ct_window.choice_value(window)
+        finally:
+            self._syncing_window = False
+
+    def _on_window_chosen(self, value: str) -> None:
+        if not self._syncing_window:
+            self.set_window(None if value == _ct_window.NO_WINDOW else value)
+
+    def set_window(self, window: Window | tuple[float, float] | str | None) -> None:
+        """Apply a CT window (a preset name, ``(level, width)`` in HU, ``None``: none) to the
+        chosen image: its contrast limits, its metadata, the model's input; emits
+        ``window_changed``. An 8-bit or colour image takes none (it holds no HU)."""
+        layer = self.image.value
+        w = as_window(window)
+        if layer is None:
+            self._show_window(None)
+            return
+        refused = _ct_window.apply_window(layer, w)
+        if refused is not None:
+            self._show_window(self.layer_window(layer))
+            self.status.value = refused
+            return
+        self._show_window(w)
+        self.window_changed.emit(layer, w)
 
     def _on_text_changed(self) -> None:
         """Encode the description ahead once typing pauses (only with a model already loaded)."""
@@ -299,10 +375,11 @@ class SegmentWidget(Container):
             return
         device = str(self.device.value)
         threshold = float(self.threshold.value)
+        window = self.layer_window(layer)
 
         def job() -> Prediction:
             predictor = self.predictor(source, device)
-            return predictor.predict(plane, text or None, threshold=threshold)
+            return predictor.predict(plane, text or None, threshold=threshold, window=window)
 
         self.set_busy(f"Segmenting with {Path(source).name}…")
         if self.run_synchronously:
@@ -324,6 +401,95 @@ class SegmentWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
+
+    # --- whole volume --------------------------------------------------------------------
+    @property
+    def offers_whole_volume(self) -> bool:
+        """Whether the Whole volume button is offered (for 3D grayscale images)."""
+        return self._offers_whole_volume
+
+    @offers_whole_volume.setter
+    def offers_whole_volume(self, value: bool) -> None:
+        self._offers_whole_volume = bool(value)
+        self._update_volume_button()
+
+    def _update_volume_button(self) -> None:
+        layer = self.image.value
+        is_volume = layer is not None and layer.ndim == 3 and not layer.rgb
+        self.volume_button.visible = self._offers_whole_volume and is_volume
+
+    def segment_volume(self, layer: Image | None = None) -> None:
+        """Segment every slice of a 3D image (by default the chosen one), slices batched
+        through the model, in a worker with progress and Cancel. The proposal layer is
+        written once, when the last slice is done; a cancelled or failed run changes nothing."""
+        from napari_lvit._volume import VolumeRun
+
+        if self.busy:
+            return
+        layer = self.image.value if layer is None else layer
+        if layer is None or layer.ndim != 3 or layer.rgb:
+            self.status.value = _errors.report_error("Whole volume needs a 3D grayscale image.")
+            return
+        text = self.text.value.strip() or None
+        try:
+            source = self.model_source
+        except ValueError as exc:
+            self.status.value = _errors.report_error(exc)
+            return
+        device, threshold = str(self.device.value), float(self.threshold.value)
+        window, batch_size, data = self.layer_window(layer), self.volume_batch_size, layer.data
+
+        def batches():
+            predictor = self.predictor(source, device)
+            yield from predictor.predict_slices(data, text, window=window, batch_size=batch_size)
+
+        def done(probs: np.ndarray) -> None:
+            self._end_volume()
+            result = _prediction(probs, threshold, text)
+            self._on_done(layer, (), result)
+
+        def cancelled() -> None:
+            self._end_volume()
+            self.set_busy(None)
+            self.status.value = "Whole volume cancelled: nothing was changed."
+
+        def failed(exc: Exception) -> None:
+            self._end_volume()
+            self.report_error(exc)
+
+        shape = tuple(int(s) for s in data.shape)
+        run = VolumeRun(
+            batches,
+            shape,
+            on_progress=self._on_volume_progress,
+            on_done=done,
+            on_cancelled=cancelled,
+            on_error=failed,
+        )
+        self._volume_run = run
+        self.progress.max, self.progress.value = shape[0], 0
+        self.progress.visible = self.cancel_button.visible = True
+        self.volume_button.enabled = False
+        self.set_busy(f"Segmenting {shape[0]} slices with {Path(source).name}…")
+        if self.run_synchronously:
+            run.run_here()
+        else:
+            run.start_worker(before_start=self.track)
+
+    def cancel_volume(self) -> None:
+        """Stop the whole-volume run after its current batch (nothing is written)."""
+        if self._volume_run is not None:
+            self.status.value = "Cancelling…"
+            self._volume_run.cancel()
+
+    def _on_volume_progress(self, done: int, total: int) -> None:
+        self.progress.value = done
+        self.volume_progress.emit(done, total)
+
+    def _end_volume(self) -> None:
+        self._volume_run = None
+        self.progress.visible = self.cancel_button.visible = False
+        self.volume_button.enabled = True
 
     def report_error(self, exc: Exception) -> None:
         """Show a failed segmentation (one line in napari's notifications, never a traceback)
@@ -427,3 +593,9 @@ class SegmentWidget(Container):
         self._write(labels, index, result.recut(float(threshold)))
         self._last_threshold = float(threshold)
         self.proposal_recut.emit(labels, index)
+
+
+def _prediction(probs: np.ndarray, threshold: float, text: str | None) -> Prediction:
+    from src_models.inference import Prediction
+
+    return Prediction(prob=probs, mask=probs >= threshold, threshold=threshold, text=text)

@@ -13,7 +13,8 @@ none) reads and preprocesses the images exactly as :class:`~src_models.inference
 does (``to_float01``, ``resize_image`` to the model size) and feeds batches of up to
 ``batch_size`` model inputs (slices of a volume, several images, mixed texts) to the model;
 checkpoints trained in patches mode go through the sliding window image by image (tiles
-batched). It is a generator of small events (:class:`BatchPlanned`, :class:`ItemSkipped`,
+batched). A CT window (``window=``, by default the Predictor's) scales images stored as HU.
+It is a generator of small events (:class:`BatchPlanned`, :class:`ItemSkipped`,
 :class:`SlicesDone`, :class:`ItemWritten`, :class:`BatchFinished`); closing it stops the run.
 Resumable: items whose output exists are skipped; every output is written atomically, so an
 interrupted run leaves only whole files.
@@ -39,6 +40,7 @@ from src_models.data.io import (
     write_mask,
 )
 from src_models.data.transforms import resize_image, resize_prob
+from src_models.data.windows import Window, as_window, input_range
 from src_models.device import autocast
 from src_models.errors import UserError
 from src_models.inference_checks import MAX_PIXELS, check_finite_prob
@@ -294,9 +296,10 @@ class _SliceStream(torch.utils.data.IterableDataset):
         batch_size: int,
         tiled: Callable[[tuple[int, int]], bool],
         max_pixels: int | None,
+        window: Window | None = None,
     ) -> None:
         self.items, self.size, self.batch_size = items, size, batch_size
-        self.tiled, self.max_pixels = tiled, max_pixels
+        self.tiled, self.max_pixels, self.window = tiled, max_pixels, window
 
     def __iter__(self) -> Iterator[_Chunk]:
         info = torch.utils.data.get_worker_info()
@@ -315,13 +318,12 @@ class _SliceStream(torch.utils.data.IterableDataset):
             for z in range(loaded.num_slices):
                 image = loaded.slice(z)
                 hw = (int(image.shape[0]), int(image.shape[1]))
+                image01 = to_float01(image, value_range=input_range(image, self.window))
                 if self.tiled(hw):
-                    yield _Chunk(
-                        [(index, z)], [hw], [item.text], full=to_float01(image), geometry=geometry
-                    )
+                    yield _Chunk([(index, z)], [hw], [item.text], full=image01, geometry=geometry)
                     geometry = None
                     continue
-                arrays.append(resize_image(to_float01(image), self.size))
+                arrays.append(resize_image(image01, self.size))
                 pending.keys.append((index, z))
                 pending.shapes.append(hw)
                 pending.texts.append(item.text)
@@ -391,10 +393,12 @@ def predict_batch(
     workers: int = 0,
     threshold: float | None = None,
     skip_existing: bool = True,
+    window: Window | tuple[float, float] | str | None = None,
 ) -> Iterator[Event]:
     """Run ``predictor`` (a :class:`~src_models.inference.Predictor`) on ``items``; yields
     events (see the module docstring). Masks equal those of ``predictor.predict`` image by
-    image (up to floating-point differences between batch sizes)."""
+    image (up to floating-point differences between batch sizes). ``window``: a CT window for
+    HU images (``None``: the Predictor's, e.g. its checkpoint's)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cut = predictor.threshold if threshold is None else float(threshold)
@@ -411,7 +415,8 @@ def predict_batch(
     for item in skipped:
         yield ItemSkipped(item.source, item.output)
     tiler = _Tiler(predictor.resolution is not None, predictor.tile, predictor.tile_min_side)
-    stream = _SliceStream(todo, predictor.img_size, batch_size, tiler, predictor.max_pixels)
+    window = getattr(predictor, "window", None) if window is None else as_window(window)
+    stream = _SliceStream(todo, predictor.img_size, batch_size, tiler, predictor.max_pixels, window)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, collate_fn=_identity
     )

@@ -7,6 +7,11 @@ image of any dtype and size into a probability map and a mask at the image's own
 Models whose text enters late (``supports_feature_reuse = True``, with ``encode_image(image)
 -> features`` and ``decode(features, text, text_mask) -> logits``, e.g. RecLMIS) get their image
 features cached: a new prompt on the same image runs only the text-dependent part.
+
+A CT window (``window=(level, width)`` in HU or a preset name, :mod:`src_models.data.windows`;
+by default the checkpoint's) replaces the min-max scaling of images stored as HU, and
+:meth:`Predictor.predict_slices` segments a whole volume with its slices batched, on one
+intensity scale (the window's, else the volume's range, as in training).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,15 @@ from torch import nn
 from src_models.data.io import to_float01
 from src_models.data.resolution import WorkingResolution
 from src_models.data.transforms import resize_image, resize_prob
+from src_models.data.windows import Window, as_window, input_range, window_applies
 from src_models.device import autocast, resolve_device
-from src_models.inference_checks import MAX_PIXELS, check_threshold, guarded
+from src_models.inference_checks import (
+    MAX_PIXELS,
+    check_finite_prob,
+    check_image,
+    check_threshold,
+    guarded,
+)
 from src_models.model_source import (  # noqa: F401 (DEFAULT_CHECKPOINT: re-exported)
     DEFAULT_CHECKPOINT,
     open_model,
@@ -157,6 +170,10 @@ class Predictor:
             dropout, or to measure what the text adds); no text encoder is loaded.
         feature_cache_size: for models with ``supports_feature_reuse``, how many inputs keep
             their image features (LRU); 0 turns reuse off (every call runs the whole model).
+        window: a CT window, ``(level, width)`` in HU or a preset name, used for images stored
+            as HU (not 8-bit or RGB ones) instead of their min-max; by default the one the
+            checkpoint was trained with (``meta["window"]``), if any. A call's ``window=``
+            overrides it.
     """
 
     max_pixels: int | None = MAX_PIXELS
@@ -171,6 +188,7 @@ class Predictor:
         tile_min_side: int = 1024,
         feature_cache_size: int = 4,
         use_text: bool = True,
+        window: Window | tuple[float, float] | str | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if isinstance(text_encoder, str):
@@ -201,6 +219,10 @@ class Predictor:
         #: how images reach the model: the checkpoint's working resolution (patches mode: a
         #: sliding window at its scale), else the whole image resized to the model size
         self.resolution = _working_resolution(self.meta, self.img_size)
+        #: the CT window for HU images (``None``: each image's own min-max)
+        self.window: Window | None = (
+            as_window(window) if window is not None else _checkpoint_window(self.meta)
+        )
         self.feature_cache = FeatureCache(feature_cache_size)
         self.reuses_features = bool(
             getattr(self.model, "supports_feature_reuse", False) and feature_cache_size > 0
@@ -273,9 +295,19 @@ class Predictor:
         """Forget the cached image features (they are also dropped when the weights change)."""
         self.feature_cache.clear()
 
+    def _window(self, window: Window | tuple[float, float] | str | None) -> Window | None:
+        return self.window if window is None else as_window(window)
+
     @guarded
-    def predict_prob(self, image: np.ndarray, text: str | None = None) -> np.ndarray:
-        """Probability map float32 ``[H, W]`` for a 2D image ``[H, W]`` or ``[H, W, C]``."""
+    def predict_prob(
+        self,
+        image: np.ndarray,
+        text: str | None = None,
+        *,
+        window: Window | tuple[float, float] | str | None = None,
+    ) -> np.ndarray:
+        """Probability map float32 ``[H, W]`` for a 2D image ``[H, W]`` or ``[H, W, C]``;
+        ``window``: a CT window for this call (``None``: the Predictor's)."""
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
             raise ValueError(
@@ -283,28 +315,80 @@ class Predictor:
                 f"{image.shape}: pick one slice of a volume first"
             )
         height, width = image.shape[:2]
+        value_range = input_range(image, self._window(window))
         if self.uses_tiles((height, width)):
-            return self.tiled_prob(to_float01(image), text)
+            return self.tiled_prob(to_float01(image, value_range=value_range), text)
         fingerprint = None
         if self.reuses_features and image.dtype.kind in "biuf":
-            # Keyed by the raw pixels: a re-prompt skips the preprocessing too.
-            fingerprint = "raw:" + image_fingerprint(image)
+            # Keyed by the raw pixels (and the window): a re-prompt skips the preprocessing too.
+            fingerprint = f"raw:{value_range}:" + image_fingerprint(image)
             feats = self.feature_cache.get(self._cache_key(fingerprint))
             if feats is not None:
                 prob = self._decode(feats, text)[0]
                 return resize_prob(prob, (height, width)).astype(np.float32)
-        small = resize_image(to_float01(image), self.img_size)
+        small = resize_image(to_float01(image, value_range=value_range), self.img_size)
         prob = self._run(small[None], text, fingerprint)[0]
         return resize_prob(prob, (height, width)).astype(np.float32)
 
     @guarded
     def predict(
-        self, image: np.ndarray, text: str | None = None, threshold: float | None = None
+        self,
+        image: np.ndarray,
+        text: str | None = None,
+        threshold: float | None = None,
+        *,
+        window: Window | tuple[float, float] | str | None = None,
     ) -> Prediction:
         """Probability map and mask at the image's own size."""
         cut = self.threshold if threshold is None else float(threshold)
-        prob = self.predict_prob(image, text)
+        prob = self.predict_prob(image, text, window=window)
         return Prediction(prob=prob, mask=prob >= cut, threshold=cut, text=text)
+
+    def predict_slices(
+        self,
+        volume: np.ndarray,
+        text: str | None = None,
+        *,
+        window: Window | tuple[float, float] | str | None = None,
+        batch_size: int = 8,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Probabilities of every slice of a grayscale volume ``[Z, H, W]``, ``batch_size``
+        slices per model call: yields ``(first slice, probabilities [n, H, W])`` after each
+        call, so a caller can show progress and stop between them.
+
+        Every slice is seen on one intensity scale: the window's (``None``: the Predictor's)
+        where one applies, else the whole volume's range (as the project's training data);
+        8-bit volumes are scaled by 255. Checkpoints that predict tile by tile do so per slice.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        shape = tuple(int(s) for s in np.shape(volume))
+        if len(shape) != 3:
+            raise ValueError(f"expected a grayscale volume [Z, H, W], got shape {shape}")
+        check_image(np.empty(shape[1:], np.uint8), self.max_pixels)
+        w = self._window(window)
+        dtype = getattr(volume, "dtype", None)
+        dtype = np.asarray(volume).dtype if dtype is None else np.dtype(dtype)
+        if w is not None and window_applies(dtype):
+            value_range: tuple[float, float] | None = w.range
+        elif dtype in (np.uint8, np.bool_):
+            value_range = None
+        else:
+            value_range = (float(np.min(volume)), float(np.max(volume)))
+        tiled = self.uses_tiles(shape[1:])
+        for start in range(0, shape[0], batch_size):
+            planes = [
+                to_float01(np.asarray(volume[z]), value_range=value_range)
+                for z in range(start, min(start + batch_size, shape[0]))
+            ]
+            if tiled:
+                probs = np.stack([self.tiled_prob(p, text, batch_size) for p in planes])
+            else:
+                x = np.stack([resize_image(p, self.img_size) for p in planes])
+                small = self._run(x, text)
+                probs = np.stack([resize_prob(p, shape[1:]) for p in small])
+            check_finite_prob(probs, self.name)
+            yield start, probs.astype(np.float32, copy=False)
 
     def uses_tiles(self, shape: tuple[int, int]) -> bool:
         """Does an image of ``shape`` (``(H, W)``) go through the sliding window?"""
@@ -329,6 +413,18 @@ class Predictor:
             return self._run(np.ascontiguousarray(batch, dtype=np.float32), text)
 
         return fn
+
+
+def _checkpoint_window(meta: dict[str, Any]) -> Window | None:
+    """The window a checkpoint was trained with (``None``: none, or not a usable one)."""
+    try:
+        return as_window(meta.get("window"))
+    except ValueError:
+        warnings.warn(
+            f"the checkpoint's window {meta.get('window')!r} is not (level, width): ignored",
+            stacklevel=3,
+        )
+        return None
 
 
 def _working_resolution(meta: dict[str, Any], img_size: int) -> WorkingResolution | None:

@@ -1,7 +1,8 @@
 """Model work of the annotation loop that runs beside the viewer: whole-volume segmentation
-and scoring the unlabelled images for a suggestion. Each runs as a napari thread worker (or on
-the calling thread when the Segment widget runs synchronously: tests), shows its progress on a
-progress bar and reaches the Segment widget through its public API only."""
+(the Segment widget's batched run) and scoring the unlabelled images for a suggestion. Each
+runs as a napari thread worker (or on the calling thread when the Segment widget runs
+synchronously: tests), shows its progress on a progress bar and reaches the Segment widget
+through its public API only."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from napari_lvit._errors import error_line
 from napari_lvit._widget import image_plane
 
 if TYPE_CHECKING:
-    from napari.layers import Image, Labels
+    from napari.layers import Image
     from qtpy.QtWidgets import QLabel, QProgressBar
 
     from napari_lvit._annotate.session import AnnotationSession, Ranking
@@ -104,8 +105,8 @@ class Progress:
 
 
 class VolumeSegmentation:
-    """Every slice of a volume with one intensity scale (the whole volume's, as in training);
-    also the Segment widget's input plane for a single slice."""
+    """Every slice of a volume with one intensity scale (the image's CT window, else the whole
+    volume's range, as in training); also the Segment widget's input plane for a slice."""
 
     def __init__(self, seg: SegmentWidget, jobs: Jobs, progress: Progress) -> None:
         self.seg, self.jobs, self.progress = seg, jobs, progress
@@ -115,8 +116,12 @@ class VolumeSegmentation:
         self._ranges.pop(id(layer), None)
 
     def value_range(self, layer: Image) -> tuple[float, float] | None:
+        from src_models.data.windows import window_applies
         from src_models.project.suggest import volume_range
 
+        window = self.seg.layer_window(layer)  # not cached: the user may pick another
+        if window is not None and window_applies(layer.data.dtype, layer.rgb):
+            return window.range
         key = id(layer)
         if key not in self._ranges:
             is_vol = layer.ndim == 3 and not layer.rgb
@@ -133,52 +138,11 @@ class VolumeSegmentation:
             plane = model_plane(layer.data, index[0], rng)
         return plane, index
 
-    def run(self, image: Image, labels: Labels, source: str) -> None:
-        """Segment every slice of ``image`` into ``labels``, showing each as it comes; the
-        result becomes the Segment widget's proposal (``proposal_ready``). When a slice fails,
-        the labels are put back as they were."""
-        from src_models.inference import Prediction
-        from src_models.project.suggest import model_plane
-
-        seg = self.seg
-        text = seg.text.value.strip()
-        device = str(seg.device.value)
-        threshold = float(seg.threshold.value)
-        data = image.data
-        rng = self.value_range(image)
-        n = int(data.shape[0])
-        probs = np.zeros(data.shape[:3], np.float32)
-        before = np.array(labels.data, copy=True)  # put back if a slice fails
-
-        def job():
-            predictor = seg.predictor(source, device)
-            for z in range(n):
-                yield z, predictor.predict_prob(model_plane(data, z, rng), text or None)
-
-        def on_slice(item) -> None:
-            z, prob = item
-            probs[z] = prob
-            labels.data[z] = (prob >= threshold).astype(labels.data.dtype)
-            labels.refresh()
-            self.progress.step(z + 1)
-
-        def on_done() -> None:
-            self.progress.end()
-            result = Prediction(prob=probs, mask=probs >= threshold, threshold=threshold, text=text)
-            share = 100.0 * result.mask.mean()
-            seg.adopt_proposal(
-                image, labels, (), result, f"Volume proposal: {share:.1f}% of the voxels"
-            )
-
-        def on_error(exc: Exception) -> None:
-            self.progress.end()
-            labels.data[...] = before  # never a volume segmented half-way
-            labels.refresh()
-            seg.report_error(exc)
-
-        self.progress.begin(n, "segmenting slice %v of %m")
-        seg.set_busy(f"Segmenting {n} slices…")
-        self.jobs.start("volume", job, on_slice, on_error, on_done, before_start=seg.track)
+    def run(self, image: Image) -> None:
+        """Segment every slice of ``image`` with the Segment widget's batched run (progress,
+        Cancel; its proposal layer, the loop's labels, is written once every slice is done,
+        and becomes the widget's proposal: ``proposal_ready``)."""
+        self.seg.segment_volume(image)
 
 
 class Suggestions:

@@ -33,6 +33,7 @@ class ShownImage:
         (its :class:`~src_models.data.io.LoadedImage`) both are placed in millimetres and name
         their source (for saving the labels as NIfTI / DICOM SEG)."""
         from napari_lvit._reader import layer_geometry, source_metadata
+        from src_models.data.windows import window_applies
 
         self.remove()
         metadata = {"description": rec.text or "", "project_image_id": rec.id}
@@ -40,6 +41,10 @@ class ShownImage:
         if loaded is not None:
             metadata = {**source_metadata(loaded), **metadata}
             geometry = layer_geometry(loaded)
+        if rec.window is not None and window_applies(data.dtype, rgb):
+            # the project's CT window: the Segment widget shows it and the model follows it
+            metadata["window"] = [rec.window.level, rec.window.width]
+            geometry["contrast_limits"] = rec.window.range
         self.image = real(
             self.viewer.add_image(data, name=rec.name, rgb=rgb, metadata=metadata, **geometry)
         )

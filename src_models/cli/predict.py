@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def _add_predict(sub) -> None:
         "--threshold", type=probability, default=None, help="0 to 1 (default: the checkpoint's)"
     )
     p.add_argument("--prob-out", type=Path, help="also write the probability map (.tif)")
+    p.add_argument(
+        "--window",
+        type=_window,
+        default=None,
+        help="CT window for images stored as HU: lung, mediastinum, soft tissue, bone, brain or "
+        "LEVEL,WIDTH (e.g. --window=-600,1500; default: the checkpoint's, else min-max)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--max-pixels",
@@ -55,6 +63,15 @@ def _add_predict(sub) -> None:
         f"{memory_text(MAX_PIXELS)} of memory to segment)",
     )
     p.set_defaults(func=cmd_predict)
+
+
+def _window(value: str):
+    from src_models.data.windows import as_window
+
+    try:
+        return as_window(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_evaluate(sub) -> None:
@@ -109,7 +126,7 @@ def cmd_predict(args) -> int:
     if args.prob_out:
         uses["the --out file"] = args.out
         check_output(args.prob_out, "--prob-out", (".tif", ".tiff"), uses)
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor(args.checkpoint, device=args.device, window=args.window)
     predictor.max_pixels = args.max_pixels
     image = read_image(args.image, max_pixels=args.max_pixels)
     result = predictor.predict(image, args.text, threshold=args.threshold)
@@ -166,7 +183,7 @@ def _cmd_predict_batch(args) -> int:
             (".png", ".tif", ".tiff", ".nii.gz"),
             {"the checkpoint": checkpoint, "the --texts table": args.texts},
         )
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor(args.checkpoint, device=args.device, window=args.window)
     predictor.max_pixels = args.max_pixels
     if predictor.uses_text and not needs_text:  # a registry name: checked now the model is here
         plan = {"text": args.text, "texts": texts, "max_pixels": args.max_pixels}

@@ -29,6 +29,7 @@ from .resolution import (  # re-exported: the working resolution travels with th
     object_diameters,
     steps_for,
 )
+from .windows import Window
 
 __all__ = [
     "GridPatchDataset",
@@ -196,6 +197,8 @@ class PatchDataset(Dataset):
             the whole-image position words in a text say nothing about it, and flips/rot90
             are safe.
         seed: item ``i`` of epoch ``e`` uses ``np.random.default_rng([seed, e, i])``.
+        window: the CT window the images were scaled by, if they share one (a trainer records
+            it in its checkpoints, so that prediction scales the same way).
     """
 
     def __init__(
@@ -213,6 +216,7 @@ class PatchDataset(Dataset):
         seed: int = 0,
         in_chans: int = 3,
         names: Sequence[str] | None = None,
+        window: Window | None = None,
     ) -> None:
         from .dataset import has_spatial_words
 
@@ -222,6 +226,7 @@ class PatchDataset(Dataset):
             raise ValueError(f"fg_fraction must be in [0, 1], got {fg_fraction}")
         self._w = _WorkingImages(images, masks, texts, resolution, names, in_chans)
         self.resolution = resolution
+        self.window = window
         n = len(self._w.images)
         self.samples_per_epoch = n if samples_per_epoch is None else int(samples_per_epoch)
         if self.samples_per_epoch < 1:

@@ -604,9 +604,14 @@ class Trainer:
     def checkpoint_meta(self, kind: str) -> dict[str, Any]:
         """Metadata stored with a checkpoint (see :func:`~src_models.engine.save_checkpoint`);
         ``working_resolution`` when the training set has one (how images reached the model:
-        :class:`~src_models.data.patches.WorkingResolution`, which prediction then follows)."""
+        :class:`~src_models.data.patches.WorkingResolution`, which prediction then follows),
+        and ``window`` (level, width in HU) when its images went through one CT window (the
+        Predictor's default then)."""
         res = getattr(self.train_set, "resolution", None)
         extra = {"working_resolution": res.to_dict()} if hasattr(res, "to_dict") else {}
+        window = getattr(self.train_set, "window", None)
+        if window is not None:
+            extra["window"] = [float(window[0]), float(window[1])]
         return {
             **extra,
             "text_encoder": getattr(self.text_encoder, "id", None) if self.use_text else None,

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from src_models.data.windows import Window, as_window
 from src_models.errors import UserError
 
 from .records import CommitRecord, ImageRecord, ProposalRecord, RoundRecord
@@ -236,7 +237,18 @@ class ProjectBase:
             status=row["status"],
             text=row["text"],
             added_at=row["added_at"],
+            window=self._image_window(int(row["id"])),
         )
+
+    def _image_window(self, image_id: int) -> Window | None:
+        """An image's CT window, kept in ``meta`` under ``window/<id>`` (no schema change)."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (f"window/{image_id}",))
+        if not rows or rows[0]["value"] is None:
+            return None
+        try:
+            return as_window(json.loads(rows[0]["value"]))
+        except ValueError:  # a hand-edited value: the image is scaled min-max, as without one
+            return None
 
     def _commit_record(self, row: dict[str, Any]) -> CommitRecord:
         return CommitRecord(

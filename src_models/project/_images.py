@@ -3,11 +3,13 @@ and the description history of each image."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +117,7 @@ class ImagesMixin(ProjectBase):
         *,
         copy: bool | None = None,
         exist_ok: bool = False,
+        window: Any = None,
     ) -> ImageRecord:
         """Add an image file (2D or volume); its header is read to record the shape.
 
@@ -122,7 +125,8 @@ class ImagesMixin(ProjectBase):
         ``copy`` (default: the project's ``copy_images``) copies the file into ``images/``,
         otherwise the project references it. A duplicate name raises :class:`ProjectError`,
         unless ``exist_ok`` and it was added from the same file: then the existing record is
-        returned. Unreadable images raise ``ImageReadError`` (a ``ValueError``).
+        returned. Unreadable images raise ``ImageReadError`` (a ``ValueError``). ``window``:
+        a CT window for it (see :meth:`set_window`).
         """
         src = Path(path).expanduser().resolve()
         shape, rgb = self._probe(src)
@@ -134,7 +138,33 @@ class ImagesMixin(ProjectBase):
         copy = self.copy_images if copy is None else bool(copy)
         with self._write() as conn:
             record, _ = self._insert_image(conn, src, name, shape, rgb, text, copy, exist_ok)
+            if window is not None:
+                self._store_window(conn, record.id, window)
+                record = self._get_image(conn, record.id)
         return record
+
+    def set_window(self, image: ImageRef, window: Any) -> ImageRecord:
+        """Set the CT window an image reaches the model through (training, proposals): a
+        preset name (``"lung"``, ...), ``(level, width)`` in HU, or ``None`` for min-max
+        scaling. It applies to images stored as HU, not to 8-bit or RGB ones (see
+        :mod:`src_models.data.windows`). Returns the updated record."""
+        rec = self.image(image)
+        with self._write() as conn:
+            self._store_window(conn, rec.id, window)
+            return self._get_image(conn, rec.id)
+
+    def _store_window(self, conn: sqlite3.Connection, image_id: int, window: Any) -> None:
+        from ..data.windows import as_window
+
+        w = as_window(window)  # a bad window raises before anything is written
+        key = f"window/{image_id}"
+        if w is None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (key, json.dumps([w.level, w.width])),
+            )
 
     def add_folder(
         self,

@@ -1,5 +1,8 @@
 """Training data of a project: :class:`ProjectDataset` (committed masks, "no lesion" images,
-unlabelled images) and the stable validation split :func:`split_validation`."""
+unlabelled images) and the stable validation split :func:`split_validation`.
+
+An image with a CT window (:attr:`ImageRecord.window`) is scaled through it, as the Predictor
+scales it for a proposal; :func:`common_window` is the window a checkpoint records."""
 
 from __future__ import annotations
 
@@ -10,24 +13,52 @@ from typing import Any
 import numpy as np
 
 from src_models.data.dataset import SegmentationDataset
+from src_models.data.windows import Window, window_applies
 
-from .records import TrainingItem
+from .records import ImageRecord, TrainingItem
 from .retrain_config import RetrainError
 
-__all__ = ["ProjectDataset", "load_full_resolution", "split_validation"]
+__all__ = [
+    "ProjectDataset",
+    "common_window",
+    "load_full_resolution",
+    "sample_key",
+    "split_validation",
+]
 
 
-def _volume_value_range(loaded) -> tuple[float, float] | None:
+def _value_range(loaded, window: Window | None) -> tuple[float, float] | None:
+    """The intensity scale of an image's planes: its window's where one applies, else a
+    volume's whole range (every slice on one scale; ``None``: each 2D image's own)."""
+    if window is not None and window_applies(loaded.data.dtype, bool(loaded.rgb)):
+        return window.range
     if not loaded.is_volume or loaded.data.dtype == np.uint8:
         return None
     data = loaded.data[..., :3] if loaded.rgb else loaded.data
     return float(data.min()), float(data.max())
 
 
+def common_window(items: Sequence[TrainingItem]) -> Window | None:
+    """The CT window every training image has (``None`` when some have none or they differ):
+    what a checkpoint trained on them records, so that its proposals default to it."""
+    windows = {it.image.window for it in items}
+    return next(iter(windows)) if len(windows) == 1 else None
+
+
+def sample_key(rec: ImageRecord, slice: int | None = None) -> str:
+    """The name of a training sample (and its key in EPI's bank): the image's name; a
+    volume's slice ``<name>_z<k>`` (3+ digits)."""
+    if not rec.is_volume:
+        return rec.name
+    width = max(3, len(str(rec.n_slices - 1)))
+    return f"{rec.name}_z{int(slice or 0):0{width}d}"
+
+
 def item_planes(items: Sequence[TrainingItem]) -> Iterator[tuple[TrainingItem, str, np.ndarray]]:
     """``(item, name, image)`` of each project sample at its own size: a float ``[H, W, C]``
     image in [0, 1] (a volume's slice, on the whole volume's intensity scale, is an image named
-    ``<name>_z<slice>``). One volume at a time is kept in memory."""
+    ``<name>_z<slice>``), through the image's CT window if it has one. One volume at a time
+    is kept in memory."""
     from src_models.data.io import load_image, to_float01
 
     loaded_cache: dict[Path, Any] = {}
@@ -37,13 +68,13 @@ def item_planes(items: Sequence[TrainingItem]) -> Iterator[tuple[TrainingItem, s
         if loaded is None:
             loaded_cache.clear()  # keep one volume in memory
             loaded = loaded_cache[rec.path] = load_image(rec.path)
+        value_range = _value_range(loaded, rec.window)
         if loaded.is_volume:
             z = int(item.slice or 0)
-            f = to_float01(loaded.slice(z), value_range=_volume_value_range(loaded))
-            width = max(3, len(str(loaded.num_slices - 1)))
-            yield item, f"{rec.name}_z{z:0{width}d}", f
+            f = to_float01(loaded.slice(z), value_range=value_range)
+            yield item, sample_key(rec, z), f
         else:
-            yield item, rec.name, to_float01(loaded.data)
+            yield item, rec.name, to_float01(loaded.data, value_range=value_range)
 
 
 class ProjectDataset(SegmentationDataset):
@@ -112,8 +143,9 @@ class ProjectDataset(SegmentationDataset):
         self.spatial_text = has_spatial_words(texts) if spatial_text is None else bool(spatial_text)
         from src_models.data.resolution import WorkingResolution
 
-        #: how images reach the model (the Trainer stores it in the checkpoint)
+        #: how images reach the model (the Trainer stores both in the checkpoint)
         self.resolution = WorkingResolution.whole(self.img_size)
+        self.window = common_window(self.items)
 
 
 def load_full_resolution(

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from src_models.data.windows import Window
+
 from ._fs import decode_mask
 
 __all__ = [
@@ -33,7 +35,8 @@ class ImageRecord:
     ``path`` is where the pixels are read from (the copy under ``images/`` for copied images,
     otherwise the referenced file); ``source`` is the file it was added from. ``status`` is one
     of ``unlabeled``, ``proposed``, ``corrected``, ``no_lesion``; ``text`` the current
-    description (``None`` if none was given yet).
+    description (``None`` if none was given yet). ``window``: the CT window (level, width in
+    HU) its pixels reach the model through, in training and proposals (``None``: min-max).
     """
 
     id: int
@@ -49,6 +52,7 @@ class ImageRecord:
     status: str
     text: str | None
     added_at: str
+    window: Window | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -137,9 +141,9 @@ class TrainingItem:
 
     ``mask_path`` is ``None`` for an unlabeled sample. For a volume ``slice`` is the slice index;
     the mask file is either that slice's PNG or a whole-volume TIFF (then :meth:`load_mask`
-    takes the slice out of it). ``kind`` is the label's commit kind (``correction`` or
-    ``no_lesion``) and ``text`` the text of that commit (falling back to the image's current
-    text), or the image's current text for unlabeled samples.
+    takes the slice out of it). ``kind`` is the label's commit kind (``correction``,
+    ``no_lesion`` or ``accepted_pseudo``) and ``text`` the text of that commit (falling back to
+    the image's current text), or the image's current text for unlabeled samples.
     """
 
     image: ImageRecord

@@ -16,7 +16,12 @@ import numpy as np
 from src_models.engine.recipe import TrainingRecipe, is_sks, semi_engine
 from src_models.model_source import OpenedModel, open_model
 
-from .project_dataset import ProjectDataset, load_full_resolution, split_validation
+from .project_dataset import (
+    ProjectDataset,
+    common_window,
+    load_full_resolution,
+    split_validation,
+)
 from .records import TrainingItem
 from .retrain_config import RetrainConfig, RetrainError
 from .retrain_events import RetrainRoundStart
@@ -178,7 +183,13 @@ def _samples(
     if cfg.semi == "epi" and semi is None:
         raise RetrainError("semi='epi' asked for, but the EPI engine is not installed")
     use_semi = semi is not None and bool(unlabeled)
-    train, val, val_on = split_validation(labeled, cfg.val_fraction, cfg.min_val)
+    # accepted pseudo labels train but never validate: a round would be scored on the model's
+    # own predictions (and so would the check against the current model)
+    accepted = [it for it in labeled if it.kind == "accepted_pseudo"]
+    by_hand = [it for it in labeled if it.kind != "accepted_pseudo"] or accepted
+    train, val, val_on = split_validation(by_hand, cfg.val_fraction, cfg.min_val)
+    if by_hand is not accepted:
+        train = train + accepted
     # with EPI or CLCC, the unlabelled samples join the training set (has_mask False)
     if not (use_semi or cfg.clcc):
         unlabeled = []
@@ -312,6 +323,7 @@ def _patch_sets(cfg, samples: RoundSamples, full, res, sizing: RoundSizing, roun
         seed=cfg.seed + round_id,
         in_chans=in_chans,
         names=names,
+        window=common_window(samples.labeled),  # the checkpoint records it
     )
     images, masks, texts, names = pick(samples.val)
     val_set = GridPatchDataset(images, masks, texts, res, in_chans=in_chans, names=names)

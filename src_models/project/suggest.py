@@ -62,14 +62,18 @@ class Score:
 
 
 def _planes(rec: ImageRecord, max_slices: int) -> list[np.ndarray]:
+    """The planes scored, on the scale the model trains on: the image's CT window where one
+    applies, else a volume's whole range (a 2D image keeps its own)."""
     from src_models.data.io import load_image
+    from src_models.data.windows import window_applies
 
     loaded = load_image(rec.path)
+    windowed = rec.window is not None and window_applies(loaded.data.dtype, loaded.rgb)
     if not loaded.is_volume:
-        return [loaded.data]
+        return [model_plane(loaded.data[None], 0, rec.window.range)] if windowed else [loaded.data]
     n = loaded.num_slices
     picks = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(max_slices, n) + 2)[1:-1]})
-    rng = volume_range(loaded.data, loaded.rgb)
+    rng = rec.window.range if windowed else volume_range(loaded.data, loaded.rgb)
     return [model_plane(loaded.data, z, rng) for z in picks or [n // 2]]
 
 

@@ -242,19 +242,20 @@ def test_a_volume_that_fails_half_way_gets_its_labels_back(
     widget.labels_layer.data[:, 5:9, 5:9] = 1
     drawn = np.array(widget.labels_layer.data)
     calls = []
-    real = Predictor.predict_prob
+    real = Predictor._run
 
-    def fails_at_slice_2(self, image, text=None):
-        calls.append(1)
-        if len(calls) == 3:
+    def fails_at_batch_2(self, batch, text, fingerprint=None):
+        calls.append(len(batch))
+        if len(calls) == 2:
             raise MemoryError("cannot allocate")
-        return real(self, image, text)
+        return real(self, batch, text, fingerprint)
 
-    monkeypatch.setattr(Predictor, "predict_prob", fails_at_slice_2)
+    monkeypatch.setattr(Predictor, "_run", fails_at_batch_2)
+    widget.seg.volume_batch_size = 2
     widget.segment()  # refused once: the labels have edits
     widget.segment()
     _only(notices, "Segmentation failed: out of memory")
-    assert len(calls) == 3
+    assert calls == [2, 2]  # slices 0-1 done, 2-3 failed: nothing was written
     assert np.array_equal(widget.labels_layer.data, drawn)
     assert widget.seg.segment_button.enabled
 

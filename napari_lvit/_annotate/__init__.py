@@ -3,10 +3,12 @@
 Modules by responsibility:
 
 - ``session``: the project, its images, labels state, commits, suggestions' data and the
-  retraining config, without Qt (tested without a display);
+  retraining config, without Qt (tested without a display); ``pseudo``: EPI's pseudo labels
+  (marks, the shown image's maps, "Review next"), without Qt;
 - ``events``: retraining events as JSON lines and the texts shown for them (no Qt);
 - ``shortcuts``: the keyboard shortcuts (no Qt);
 - ``views``, ``panel``, ``plot``: the Qt views, the Retrain panel and its matplotlib curves;
+  ``pseudo_view``: the pseudo-label box and the layers that draw a pseudo label;
 - ``layers``: the napari layers of the shown image;
 - ``background``, ``models``: whole-volume segmentation, suggestions, the model choices;
 - ``runner``: the retraining in a separate process or a thread worker;

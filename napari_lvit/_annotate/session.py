@@ -1,6 +1,6 @@
 """The annotation session without a display: the open project, its images, the shown image's
-labels state (what the widget last put there, kept drafts, the proposal), commits, the
-suggestions' data and the retraining config.
+labels state (what the widget last put there, kept drafts, the proposal), commits, EPI's
+pseudo labels (:mod:`.pseudo`: accept, edit), the suggestions' data and the retraining config.
 
 No Qt and no napari here: the widget passes label arrays in and shows what comes back, so all
 of this runs (and is tested) without a display.
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_lvit._annotate.pseudo import PseudoState
 from src_models.errors import describe
 
 if TYPE_CHECKING:
@@ -134,11 +135,12 @@ class AnnotationSession:
         self.scores: dict[int, Score] = {}
         self.suggested: Score | None = None
         self.baseline: np.ndarray | None = None  # the labels as the widget last set them
-        self.baseline_kind = "empty"  # empty | commit | proposal
+        self.baseline_kind = "empty"  # empty | commit | proposal | pseudo
         self.proposal: ProposalRecord | None = None
         self.proposal_shown: np.ndarray | None = None
         self.replace_armed: int | None = None
         self.commits_since_retrain = 0
+        self.pseudo = PseudoState()
 
     # ------------------------------------------------------------------ project
 
@@ -169,6 +171,7 @@ class AnnotationSession:
                 warning = f"Could not check earlier retraining rounds: {describe(exc)[0]}"
         self.commits_since_retrain = 0
         self.refresh()
+        warning = self.reload_pseudo() or warning
         return warning
 
     def close(self) -> None:
@@ -180,6 +183,17 @@ class AnnotationSession:
         self.drafts.clear()
         self.scores.clear()
         self.suggested = None
+        self.pseudo.clear()
+
+    def reload_pseudo(self) -> str | None:
+        """Read EPI's pseudo labels again (after a retraining); returns a warning when the
+        bank cannot be read (the images are shown without pseudo labels then)."""
+        try:
+            self.pseudo.load(self.project)
+        except Exception as exc:  # noqa: BLE001 - a damaged bank must not block annotating
+            self.pseudo.clear()
+            return f"The pseudo labels could not be read: {describe(exc)[0]}"
+        return None
 
     def summary(self) -> str:
         if self.project is None:
@@ -220,6 +234,9 @@ class AnnotationSession:
         score = self.scores.get(rec.id)
         if score is not None and score.score is not None and not rec.is_labeled:
             text += f"  H={score.score:.3f}"
+        mark = self.pseudo.mark(rec.id)
+        if mark:
+            text += f"  {mark}"
         return text
 
     # ------------------------------------------------------------------ navigation
@@ -262,7 +279,8 @@ class AnnotationSession:
     # ------------------------------------------------------------------ labels state
 
     def set_baseline(self, labels: np.ndarray, kind: str) -> None:
-        """Remember ``labels`` as what the widget put there (``kind``: empty, commit, proposal)."""
+        """Remember ``labels`` as what the widget put there (``kind``: empty, commit, proposal,
+        pseudo: a pseudo label copied in by Edit)."""
         self.baseline = np.asarray(labels).copy()
         self.baseline_kind = kind
 
@@ -346,8 +364,8 @@ class AnnotationSession:
 
     def _replaced_proposal(self, slice_: int | None) -> Any:
         """What a commit replaced: the saved proposal when it is what was shown, else the shown
-        proposal's mask, else ``None`` (the labels did not come from a proposal)."""
-        if self.baseline_kind != "proposal" or self.baseline is None:
+        proposal's (or pseudo label's) mask, else ``None`` (the labels came from neither)."""
+        if self.baseline_kind not in ("proposal", "pseudo") or self.baseline is None:
             return None
         saved = self.proposal
         if (
@@ -364,17 +382,21 @@ class AnnotationSession:
         self, labels: np.ndarray, slice_: int | None, text: str | None, version: str
     ) -> CommitRecord:
         """Save ``labels`` (their ``slice_``) as the current image's correction, with the
-        proposal they replaced. Raises when the store refuses (nothing is saved then)."""
+        proposal they replaced; an edited pseudo label committed unchanged is an accepted one.
+        Raises when the store refuses (nothing is saved then)."""
         rec = self.current
         mask = labels if slice_ is None else labels[slice_]
+        unchanged_pseudo = self.baseline_kind == "pseudo" and not self.is_edited(labels)
         commit = self.project.commit(
             rec,
             mask,
             text=text,
             model_version=version,
-            proposal=self._replaced_proposal(slice_),
+            proposal=None if unchanged_pseudo else self._replaced_proposal(slice_),
             slice=slice_,
+            kind="accepted_pseudo" if unchanged_pseudo else "correction",
         )
+        self.pseudo.forget(rec.id, slice_)
         self._committed(rec, labels)
         return commit
 
@@ -384,12 +406,57 @@ class AnnotationSession:
         """Record "no lesion" for the current image (or slice) and empty ``labels`` there."""
         rec = self.current
         commit = self.project.commit_no_lesion(rec, text=text, model_version=version, slice=slice_)
+        self.pseudo.forget(rec.id, slice_)
         if labels is not None:
             self.clear(labels, slice_)
             self._committed(rec, labels)
         else:
             self._committed(rec, None)
         return commit
+
+    # ------------------------------------------------------------------ pseudo labels
+
+    def _pseudo_targets(self, slice_: int | None) -> list:
+        """The current image's pseudo labels an action takes: a 2D image's, a volume's
+        ``slice_`` (``None``: every slice that has one)."""
+        found = self.pseudo.labels(self.current) if self.current is not None else []
+        if slice_ is not None:
+            found = [lb for lb in found if lb.item.slice == slice_]
+        if not found:
+            where = "" if slice_ is None else f" on slice {slice_}"
+            raise ValueError(f"'{self.current.name}' has no pseudo label{where} to use")
+        return found
+
+    @staticmethod
+    def _write_cut(labels: np.ndarray, label) -> None:
+        k = label.item.slice
+        target = labels if labels.ndim == 2 else labels[int(k or 0)]
+        target[...] = label.mask().astype(labels.dtype)
+
+    def accept_pseudo(self, labels: np.ndarray | None, slice_: int | None, text: str | None):
+        """Commit the current image's pseudo label (a volume's ``slice_``; ``None``: every
+        slice with one) as its label, of kind ``accepted_pseudo``, and show it in ``labels``.
+        Returns the commits; raises when there is none or the store refuses."""
+        from src_models.project.pseudo_review import accept
+
+        rec = self.current
+        commits = []
+        for label in self._pseudo_targets(slice_):
+            commits.append(accept(self.project, label, text=text))
+            self.pseudo.forget(rec.id, label.item.slice)
+            if labels is not None:
+                self._write_cut(labels, label)
+        self._committed(rec, labels)
+        return commits
+
+    def edit_pseudo(self, labels: np.ndarray, slice_: int | None) -> int:
+        """Copy the current image's pseudo label cut (a volume's ``slice_``, else all slices
+        with one) into ``labels`` to correct it before committing; returns how many."""
+        found = self._pseudo_targets(slice_)
+        for label in found:
+            self._write_cut(labels, label)
+        self.set_baseline(labels, kind="pseudo")
+        return len(found)
 
     def _committed(self, rec: ImageRecord, labels: np.ndarray | None) -> None:
         self.drafts.pop(rec.id, None)

@@ -16,6 +16,8 @@ SHORTCUTS = {
     "Shift-N": ("next_image", "Next image"),
     "Shift-B": ("previous_image", "Previous image (back)"),
     "Shift-U": ("go_to_suggested", "Go to the suggested (most uncertain) image"),
+    "Shift-K": ("accept_pseudo", "Keep: accept this image's pseudo label as its label"),
+    "Shift-R": ("review_next", "Review next: the pseudo label most likely right"),
 }
 
 

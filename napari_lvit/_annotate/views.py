@@ -1,6 +1,6 @@
 """The annotation widget's Qt views: the project row, the image list, navigation, the Segment
-widget's place, the action buttons and the Retrain panel. Layout and display only: what the
-buttons do is in :mod:`napari_lvit._annotate.widget`."""
+widget's place, the action buttons, the pseudo-label box and the Retrain panel. Layout and
+display only: what the buttons do is in :mod:`napari_lvit._annotate.widget`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lvit._annotate.panel import RetrainPanel
+from napari_lvit._annotate.pseudo_view import PseudoBox
 from napari_lvit._annotate.shortcuts import shortcut_help
 from napari_lvit._widget import wrap_to_width
 
@@ -136,6 +137,8 @@ class AnnotationView(QWidget):
         self.clear_button = QPushButton("Clear")
         self.no_lesion_button = QPushButton("No lesion")
         outer.addLayout(_row(self.commit_button, self.clear_button, self.no_lesion_button))
+        self.pseudo_box = PseudoBox()
+        outer.addWidget(self.pseudo_box)
         self.work_bar = QProgressBar()
         self.work_bar.setVisible(False)
         outer.addWidget(self.work_bar)

@@ -2,8 +2,10 @@
 
 Open a folder (or a project), go through its images, get a proposal, correct it with napari's
 label tools, commit; retrain in the background and let the widget suggest the image the model
-is least sure about. Commits go straight to the project store (crash-safe); the viewer never
-waits for training (:mod:`napari_lvit._annotate.runner`).
+is least sure about. After an EPI round, an unlabelled image shows its pseudo label beside the
+proposal: Accept commits it as the image's label, Edit copies it into the labels to correct,
+Review next goes to the one most likely right. Commits go straight to the project store
+(crash-safe); the viewer never waits for training (:mod:`napari_lvit._annotate.runner`).
 
 The widget composes: an :class:`AnnotationSession` (the state, no Qt), the views, a
 :class:`SegmentWidget` used through its public API only, the background model work
@@ -23,6 +25,7 @@ from napari_lvit import _errors
 from napari_lvit._annotate.background import Jobs, Progress, Suggestions, VolumeSegmentation
 from napari_lvit._annotate.layers import ShownImage
 from napari_lvit._annotate.models import LoopModels
+from napari_lvit._annotate.pseudo_view import PseudoLayers
 from napari_lvit._annotate.runner import RetrainRunner
 from napari_lvit._annotate.session import AnnotationSession
 from napari_lvit._annotate.shortcuts import bind_shortcuts
@@ -48,6 +51,7 @@ class AnnotationWidget(AnnotationView):
         self.seg = seg
         self.session = AnnotationSession()
         self.shown = ShownImage(napari_viewer, seg)
+        self.pseudo_layers = PseudoLayers(napari_viewer)
         self.loaded_checkpoint: Path | None = None
         #: "process" (default: a separate process) or "thread" (a napari thread worker)
         self.retrain_mode = "process"
@@ -72,6 +76,8 @@ class AnnotationWidget(AnnotationView):
         self.runner.finished.connect(self._on_retrain_finished)
 
         seg.image.visible = False  # the image list drives the image
+        seg.offers_whole_volume = False  # the "Whole volume" box does (segment_volume)
+        seg.window_changed.connect(self._window_changed)
         seg.segment_hook = self._segment_hook
         seg.plane_provider = self.volumes.plane
         seg.thread_setup = self.models.apply_inference_threads
@@ -96,6 +102,11 @@ class AnnotationWidget(AnnotationView):
         self.no_lesion_button.clicked.connect(self.no_lesion)
         self.retrain_button.clicked.connect(self.retrain)
         self.cancel_button.clicked.connect(self.cancel_retrain)
+        box = self.pseudo_box
+        box.accept_button.clicked.connect(self.accept_pseudo)
+        box.edit_button.clicked.connect(self.edit_pseudo)
+        box.review_button.clicked.connect(self.review_next)
+        box.show_check.toggled.connect(lambda _: self._show_pseudo())
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder of images or project")
@@ -176,6 +187,9 @@ class AnnotationWidget(AnnotationView):
         volume = bool(s.current is not None and s.current.is_volume)
         self.enable(s.project is not None, bool(s.records), s.current is not None, volume)
         self.panel.set_running(self.retraining, s.project is not None)
+        has_pseudo = s.current is not None and bool(s.pseudo.of(s.current.id))
+        text = s.pseudo.text(s.current) if s.current is not None else "No image shown."
+        self.pseudo_box.show_state(text, has_pseudo, s.pseudo.next_to_review() is not None)
 
     # ------------------------------------------------------------------ project
 
@@ -192,6 +206,7 @@ class AnnotationWidget(AnnotationView):
         except (ProjectError, ValueError, OSError) as exc:
             self._error(exc, f"Cannot open '{path}'")
             return False
+        self.pseudo_layers.remove()
         self.shown.remove()
         self.path_edit.setText(path)
         if warning:
@@ -208,6 +223,7 @@ class AnnotationWidget(AnnotationView):
     def close_project(self) -> None:
         if self.project is None:
             return
+        self.pseudo_layers.remove()
         self.shown.remove()
         self.session.close()
         self.image_list.clear()
@@ -268,7 +284,10 @@ class AnnotationWidget(AnnotationView):
             self._error(exc, f"Cannot show {rec.name}")
             return
         committed = s.enter(row, rec)
+        self.pseudo_layers.remove()
         self.volumes.forget(self.shown.show(rec, loaded.data, bool(loaded.rgb), loaded))
+        self._show_pseudo()
+        s.pseudo.seen(rec.id)
         if committed is not None:
             self.shown.set_labels(committed)
         s.set_baseline(self.shown.labels_data(), "empty" if committed is None else "commit")
@@ -289,6 +308,83 @@ class AnnotationWidget(AnnotationView):
             and (rec.text or "").strip()
         ):
             self.seg.segment()
+
+    # ------------------------------------------------------------------ pseudo labels
+
+    def _show_pseudo(self) -> None:
+        """Draw the shown image's pseudo label (when it has one and the box says so)."""
+        s = self.session
+        maps = None
+        if s.current is not None and self.pseudo_box.show_check.isChecked():
+            try:
+                maps = s.pseudo.maps(s.current)
+            except Exception as exc:  # noqa: BLE001 - the image stays usable without it
+                self._error(exc, "Cannot show the pseudo label")
+        if maps is None or self.image_layer is None or not self.shown.labels_on_screen():
+            self.pseudo_layers.remove()
+            return
+        self.pseudo_layers.show(self.image_layer, self.labels_layer, *maps)
+        self.viewer.layers.selection.active = self.labels_layer  # the paint tools act there
+
+    def accept_pseudo(self) -> None:
+        """Commit the shown image's pseudo label (the shown slice of a volume, all of them with
+        "Whole volume") as its label, of kind ``accepted_pseudo``."""
+        s = self.session
+        if s.project is None or s.current is None or not s.pseudo.of(s.current.id):
+            self._message("This image has no pseudo label to accept.", error=True)
+            return
+        if self.seg.busy:
+            self._message("Wait for the running segmentation to finish, then accept.")
+            return
+        if not s.may_replace(self.shown.labels_data()):
+            self._message(
+                "The labels have uncommitted edits: Commit them, or press Accept again to "
+                "replace them with the pseudo label."
+            )
+            return
+        rec, slice_ = s.current, self._target_slice()
+        try:
+            commits = s.accept_pseudo(self.shown.labels_data(), slice_, self._text())
+        except Exception as exc:  # noqa: BLE001 - shown; nothing was saved for a refusal
+            self._error(exc, "Could not accept the pseudo label")
+            return
+        self.shown.refresh()
+        versions = ", ".join(str(c.version) for c in commits)
+        self._message(f"Accepted the pseudo label of {rec.name} as its label (version {versions}).")
+        self._after_commit(rec)
+
+    def edit_pseudo(self) -> None:
+        """Copy the shown image's pseudo label into the labels, to correct and Commit."""
+        s = self.session
+        labels = self.shown.labels_data()
+        if s.current is None or labels is None or not s.pseudo.of(s.current.id):
+            self._message("This image has no pseudo label to edit.", error=True)
+            return
+        if not s.may_replace(labels):
+            self._message(
+                "The labels have uncommitted edits: Commit them, or press Edit again to "
+                "replace them with the pseudo label."
+            )
+            return
+        try:
+            s.edit_pseudo(labels, self._target_slice())
+        except ValueError as exc:
+            self._error(exc)
+            return
+        self.shown.refresh()
+        self._message("The pseudo label is in the labels: correct it, then Commit.")
+
+    def review_next(self) -> None:
+        """Go to the unreviewed pseudo label most likely right (high confidence, small change)."""
+        nxt = self.session.pseudo.next_to_review()
+        if nxt is None:
+            self._message("Every pseudo label has been reviewed (or there are none yet).")
+            return
+        row = self.session.row_of(nxt.image_id)
+        if row >= 0:
+            self.show_image(row)
+            if nxt.slice is not None:
+                self.viewer.dims.set_current_step(0, nxt.slice)
 
     def segment(self) -> None:
         """Segment the shown image (or, with "Whole volume", every slice)."""
@@ -316,6 +412,19 @@ class AnnotationWidget(AnnotationView):
             self.segment_volume()
             return True
         return False
+
+    def _window_changed(self, layer: Image, window) -> None:
+        """A CT window picked for the shown image: kept with the project image, so that its
+        training data and later proposals use it too."""
+        s = self.session
+        if s.project is None or s.current is None or not self.shown.is_image(layer):
+            return
+        try:
+            s.project.set_window(s.current, window)
+        except Exception as exc:  # noqa: BLE001 - shown; the window still applies on screen
+            self._error(exc, "Could not keep the window in the project")
+            return
+        s.touch(s.current)
 
     def _proposal_ready(self, layer: Image, index: tuple, result: Prediction) -> None:
         self._on_proposal(layer, index, result)  # looked up on each call (probes wrap it)
@@ -392,6 +501,8 @@ class AnnotationWidget(AnnotationView):
 
     def _after_commit(self, rec: ImageRecord) -> None:
         self._after_store_change(rec)
+        self._show_pseudo()  # a labelled image (slice) has no pseudo label any more
+        self._update_buttons()
         n = self.session.commits_since_retrain
         if self.session.retrain_due(int(self.auto_spin.value())) and not self.retraining:
             self._message(f"{n} new commits: retraining starts.")
@@ -400,16 +511,12 @@ class AnnotationWidget(AnnotationView):
     # ------------------------------------------------------------------ background model work
 
     def segment_volume(self) -> None:
-        """Segment every slice of the current volume (in a worker, with progress)."""
+        """Segment every slice of the current volume (slices batched, in a worker, with
+        progress and Cancel)."""
         current = self.session.current
         if self.image_layer is None or current is None or not current.is_volume:
             return
-        try:
-            source = self.seg.model_source
-        except ValueError as exc:
-            self._error(exc)
-            return
-        self.volumes.run(self.image_layer, self.labels_layer, source)
+        self.volumes.run(self.image_layer)
 
     def suggest(self, go: bool = False) -> None:
         """Score the unlabelled images by uncertainty in a worker; show (and go to) the top."""
@@ -466,7 +573,11 @@ class AnnotationWidget(AnnotationView):
     def _on_retrain_finished(self, exit_code: int | None, crashed: bool) -> None:
         last = self.runner.last
         self.panel.finished(exit_code, crashed, last)
+        warning = self.session.reload_pseudo()  # the round refined the pseudo labels
+        if warning:
+            show_info(warning)
         self.refresh_list()
+        self._show_pseudo()
         self._update_buttons()
         if last is not None and last.get("type") == "RetrainDone" and last.get("rounds_done"):
             self.suggest(go=False)  # rank the unlabelled images with the new model

@@ -9,6 +9,7 @@
     napari-lvit retrain PROJECT --rounds 1 --epochs 5 --jsonl
     napari-lvit retrain PROJECT --config - --jsonl < config.json   # RetrainConfig.to_json()
     napari-lvit export PROJECT --format nifti|dicom-seg|lvit OUT
+    napari-lvit pseudo PROJECT --export DIR --accept-above 0.95   # EPI's pseudo labels
     napari-lvit pretrain DATA --out pre.safetensors --epochs 20 --model lvit_s
     napari-lvit train DATA --init pre.safetensors --labeled-fraction 0.1 --semi epi --clcc ...
 
@@ -22,7 +23,8 @@ is one line with exit code 1 and a hint to rerun with ``--debug`` (prints the tr
 
 One module per command group: :mod:`.data` (``synth``), :mod:`.train` (``train``,
 ``pretrain``), :mod:`.predict` (``predict``, ``evaluate``, ``models``), :mod:`.retrain`
-(``retrain``) and :mod:`.export` (``export``); ``python -m src_models.cli`` runs :func:`main`
+(``retrain``), :mod:`.export` (``export``) and :mod:`.pseudo` (``pseudo``);
+``python -m src_models.cli`` runs :func:`main`
 (:mod:`.__main__`).
 """
 
@@ -39,6 +41,7 @@ from collections.abc import Callable, Sequence
 from .data import _add_synth, cmd_synth
 from .export import _add_export, cmd_export
 from .predict import _add_evaluate, _add_models, _add_predict, cmd_evaluate, cmd_models, cmd_predict
+from .pseudo import _add_pseudo, cmd_pseudo
 from .retrain import _add_retrain, cmd_retrain, retrain_config
 from .train import _add_pretrain, _add_train, cmd_pretrain, cmd_train
 
@@ -50,6 +53,7 @@ __all__ = [
     "cmd_models",
     "cmd_predict",
     "cmd_pretrain",
+    "cmd_pseudo",
     "cmd_retrain",
     "cmd_synth",
     "cmd_train",
@@ -67,6 +71,7 @@ COMMANDS = (
     _add_retrain,
     _add_pretrain,
     _add_export,
+    _add_pseudo,
 )
 
 

@@ -178,6 +178,10 @@ class LabelsMixin(ImagesMixin):
         text becomes the current one and enters the history). ``proposal``: the proposal this
         label replaces (a :class:`ProposalRecord`, a path, or an array that is stored now).
 
+        ``kind``: ``correction`` (made or corrected by hand), ``no_lesion`` (an empty mask) or
+        ``accepted_pseudo`` (an EPI pseudo label accepted as it is: it trains like any label,
+        and the history tells it from hand-made ones).
+
         The mask file is written atomically and durably before the manifest row is inserted,
         both under the project's write lock. The image's status becomes ``corrected``
         (``no_lesion`` for a 2D/whole-volume commit of kind ``no_lesion``).

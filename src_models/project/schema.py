@@ -6,6 +6,10 @@ a napari-lvit project. To change the schema: bump :data:`SCHEMA_VERSION`, update
 database from ``old_version`` to ``old_version + 1``. Migrations run in one transaction when an
 older project is opened; a project written by a newer version is refused.
 
+Versions: 1, the first; 2 adds the commit kind ``accepted_pseudo`` (a pseudo label the user
+accepted as it is), which needs the ``commits`` table rebuilt (SQLite cannot change a CHECK
+in place): :func:`_v1_to_v2` copies its rows unchanged into the new table.
+
 Design notes:
 
 - ``commits`` and ``texts`` are append-only (triggers refuse UPDATE and DELETE): a committed
@@ -33,16 +37,47 @@ __all__ = [
 #: ``PRAGMA application_id`` of a project manifest ("LVIT" in ASCII).
 APPLICATION_ID = 0x4C564954
 #: Current schema version (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 IMAGE_STATUSES: tuple[str, ...] = ("unlabeled", "proposed", "corrected", "no_lesion")
-COMMIT_KINDS: tuple[str, ...] = ("correction", "no_lesion")
+#: ``correction``: a hand-made or corrected label; ``no_lesion``: the one-click empty label;
+#: ``accepted_pseudo``: an EPI pseudo label accepted as it is (schema version 2)
+COMMIT_KINDS: tuple[str, ...] = ("correction", "no_lesion", "accepted_pseudo")
 ROUND_STATUSES: tuple[str, ...] = ("running", "done", "cancelled", "failed")
 
 
 def _in(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
+
+def _commits_table(kinds: tuple[str, ...], table: str = "commits") -> str:
+    """The commits table (``kinds``: the CHECK of its ``kind``)."""
+    return f"""
+CREATE TABLE {table} (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id      INTEGER NOT NULL REFERENCES images (id) ON DELETE RESTRICT,
+    version       INTEGER NOT NULL CHECK (version > 0),
+    slice         INTEGER CHECK (slice IS NULL OR slice >= 0),
+    mask_path     TEXT    NOT NULL UNIQUE,
+    proposal_path TEXT,
+    text          TEXT,
+    model_version TEXT,
+    kind          TEXT    NOT NULL CHECK (kind IN {_in(kinds)}),
+    committed_at  TEXT    NOT NULL,
+    UNIQUE (image_id, version)
+);
+"""
+
+
+#: the index and the append-only triggers of ``commits``, one statement each
+_COMMITS_EXTRAS: tuple[str, ...] = (
+    "CREATE INDEX commits_image ON commits (image_id, id);",
+    "CREATE TRIGGER commits_no_update BEFORE UPDATE ON commits\n"
+    "BEGIN SELECT RAISE(ABORT, 'commits are append-only: commit a new version instead'); END;",
+    "CREATE TRIGGER commits_no_delete BEFORE DELETE ON commits\n"
+    "BEGIN SELECT RAISE(ABORT, 'commits are append-only: committed labels are never deleted');"
+    " END;",
+)
 
 SCHEMA = f"""
 CREATE TABLE images (
@@ -81,25 +116,7 @@ CREATE TABLE proposals (
 );
 CREATE INDEX proposals_image ON proposals (image_id, id);
 
-CREATE TABLE commits (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    image_id      INTEGER NOT NULL REFERENCES images (id) ON DELETE RESTRICT,
-    version       INTEGER NOT NULL CHECK (version > 0),
-    slice         INTEGER CHECK (slice IS NULL OR slice >= 0),
-    mask_path     TEXT    NOT NULL UNIQUE,
-    proposal_path TEXT,
-    text          TEXT,
-    model_version TEXT,
-    kind          TEXT    NOT NULL CHECK (kind IN {_in(COMMIT_KINDS)}),
-    committed_at  TEXT    NOT NULL,
-    UNIQUE (image_id, version)
-);
-CREATE INDEX commits_image ON commits (image_id, id);
-
-CREATE TRIGGER commits_no_update BEFORE UPDATE ON commits
-BEGIN SELECT RAISE(ABORT, 'commits are append-only: commit a new version instead'); END;
-CREATE TRIGGER commits_no_delete BEFORE DELETE ON commits
-BEGIN SELECT RAISE(ABORT, 'commits are append-only: committed labels are never deleted'); END;
+{_commits_table(COMMIT_KINDS)}{chr(10).join(_COMMITS_EXTRAS)}
 CREATE TRIGGER texts_no_update BEFORE UPDATE ON texts
 BEGIN SELECT RAISE(ABORT, 'the text history is append-only'); END;
 CREATE TRIGGER texts_no_delete BEFORE DELETE ON texts
@@ -125,3 +142,22 @@ CREATE TABLE meta (
 #: ``MIGRATIONS[v](conn)`` upgrades a database from schema version ``v`` to ``v + 1``. It runs
 #: inside the transaction that also sets the new ``user_version``.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Rebuild ``commits`` with the ``accepted_pseudo`` kind; every row is copied as it is
+    (ids, versions, paths, times). Dropping the old table drops its index and triggers, which
+    are created again on the new one (a DROP fires no DELETE trigger)."""
+    columns = (
+        "id, image_id, version, slice, mask_path, proposal_path, text, model_version, kind,"
+        " committed_at"
+    )
+    conn.execute(_commits_table(COMMIT_KINDS, "commits_v2"))
+    conn.execute(f"INSERT INTO commits_v2 ({columns}) SELECT {columns} FROM commits")
+    conn.execute("DROP TABLE commits")
+    conn.execute("ALTER TABLE commits_v2 RENAME TO commits")
+    for stmt in _COMMITS_EXTRAS:
+        conn.execute(stmt)
+
+
+MIGRATIONS[1] = _v1_to_v2

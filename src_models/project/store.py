@@ -8,7 +8,9 @@ Layout of a project folder::
                           <version>-<token>.png (2D / one slice: ..-z<k>.png) or .tif (volume)
     masks/orphans/        files whose manifest row never landed (crash), moved here on open
     proposals/<image_id>/ the proposals that commits replaced / that were shown
-    pseudo/<image_id>.npy pseudo-label bank (float16 probabilities, replaced atomically)
+    pseudo/<image_id>.npy a pseudo label saved by hand (float16, replaced atomically)
+    pseudo/epi/           EPI's pseudo-label bank (current and previous map per unlabelled
+                          sample; :mod:`src_models.engine.semi.bank`, :mod:`.pseudo_review`)
     checkpoints/          model checkpoints written by retraining rounds
 
 Crash safety: a label file is written completely and durably (temp file, fsync, rename, fsync

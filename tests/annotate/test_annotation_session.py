@@ -232,3 +232,60 @@ def test_shortcuts_call_the_widget_while_it_lives():
     del widget
     viewer.keymap["Shift-N"](viewer)  # the widget is gone: nothing happens
     assert Widget.calls == ["commit", "go_to_suggested"]
+
+
+def _bank(s: AnnotationSession, maps: dict) -> None:
+    """Two EPI rounds of ``maps`` (name -> round-2 map; round 1 is a fainter copy)."""
+    from src_models.engine.semi.bank import PseudoLabelBank
+    from src_models.project.pseudo_review import bank_folder
+
+    bank = PseudoLabelBank(bank_folder(s.project), fsync=False)
+    bank.update({n: np.clip(m * 0.9, 0, 1) for n, m in maps.items()})
+    bank.update(maps)
+    assert s.reload_pseudo() is None
+
+
+def test_pseudo_labels_marked_accepted_edited_and_reviewed_in_order(session):
+    s = session
+    assert s.pseudo.rounds == 0 and s.pseudo.next_to_review() is None
+    sure = np.full((16, 16), 0.02, np.float32)
+    sure[4:10, 4:10] = 0.99
+    unsure = np.full((16, 16), 0.3, np.float32)
+    unsure[4:10, 4:10] = 0.7
+    _bank(s, {"synth_0000": unsure, "synth_0001": sure, "synth_0002": sure})
+    assert s.item_text(s.records[1]).endswith("◇ 100%")
+    assert s.item_text(s.records[0]).endswith("◇ 0%")
+    assert s.pseudo.next_to_review().name == "synth_0001"  # sure and still: first
+
+    labels = _enter(s, 1)
+    s.pseudo.seen(s.current.id)  # (the widget does this when it shows an image)
+    assert s.item_text(s.records[1]).endswith("◇✓ 100%")
+    assert s.pseudo.next_to_review().name == "synth_0002"
+    assert "2 rounds, 100% confident" in s.pseudo.text(s.current)
+    prob, cut = s.pseudo.maps(s.current)
+    assert prob.shape == cut.shape == (64, 64) and cut[20:36, 20:36].all()
+    (commit,) = s.accept_pseudo(labels, None, TEXT)
+    assert commit.kind == "accepted_pseudo" and commit.text == TEXT
+    np.testing.assert_array_equal(labels != 0, cut)  # shown as the label now
+    assert not s.is_edited(labels) and s.commits_since_retrain == 1
+    assert s.current.status == "corrected" and not s.pseudo.of(s.current.id)
+    assert s.item_text(s.records[1]) == "● synth_0001"
+    with pytest.raises(ValueError, match="no pseudo label"):
+        s.accept_pseudo(labels, None, TEXT)
+
+    # Edit, then Commit unchanged: accepted; Edit and correct: a correction that replaced it
+    labels = _enter(s, 2)
+    assert s.edit_pseudo(labels, None) == 1 and s.baseline_kind == "pseudo"
+    assert s.commit(labels, None, None, "round-0001").kind == "accepted_pseudo"
+    labels = _enter(s, 0)
+    s.edit_pseudo(labels, None)
+    pseudo_cut = labels != 0
+    labels[:2] = 1  # the user fixes it
+    commit = s.commit(labels, None, None, "round-0001")
+    assert commit.kind == "correction"
+    np.testing.assert_array_equal(commit.load_proposal(), pseudo_cut)
+    kinds = {it.image.name: it.kind for it in s.project.labeled()}
+    assert kinds == {"synth_0000": "correction", "synth_0001": "accepted_pseudo"} | {
+        "synth_0002": "accepted_pseudo"
+    }
+    assert s.pseudo.next_to_review() is None

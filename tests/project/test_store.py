@@ -180,6 +180,49 @@ def test_migration_hook_runs_on_older_schema(tmp_path, monkeypatch):
         assert calls == [1]  # migrated once
 
 
+def test_a_version_1_project_opens_with_its_commits_unchanged_and_takes_accepted_pseudo(
+    tmp_path, monkeypatch
+):
+    from src_models.project import schema
+
+    v1_kinds = "('correction', 'no_lesion')"
+    v1 = schema.SCHEMA.replace(schema._in(schema.COMMIT_KINDS), v1_kinds)
+    assert v1 != schema.SCHEMA
+    with monkeypatch.context() as m:  # a project as the version-1 code wrote it
+        m.setattr(store_mod, "SCHEMA", v1)
+        m.setattr(store_mod, "SCHEMA_VERSION", 1)
+        with Project.create(tmp_path / "old") as p:
+            a = p.add_image(_write_png(tmp_path / "a.png"), text="Lesion left.")
+            b = p.add_image(_write_png(tmp_path / "b.png", seed=1))
+            p.commit(a, _mask(0), model_version="m1")
+            p.commit(a, _mask(1), proposal=_mask(2))
+            p.commit_no_lesion(b)
+            before = {r.name: p.history(r) for r in p.images()}
+            items = [(it.image.name, it.mask_path, it.kind) for it in p.labeled()]
+            files = {f: _sha(tmp_path / "old" / f) for f in _files(tmp_path / "old")}
+            with pytest.raises(sqlite3.IntegrityError):  # the old CHECK refuses the new kind
+                p.commit(b, _mask(3), kind="accepted_pseudo")  # (its file becomes an orphan)
+            assert p._query("PRAGMA user_version")[0]["user_version"] == 1
+
+    with Project.open(tmp_path / "old") as p:
+        assert p._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 2
+        assert {r.name: p.history(r) for r in p.images()} == before  # ids, paths, times too
+        assert [(it.image.name, it.mask_path, it.kind) for it in p.labeled()] == items
+        for f, sha in files.items():  # no label, proposal or image file changed
+            if not f.startswith("project.sqlite"):
+                assert _sha(tmp_path / "old" / f) == sha
+        assert p.integrity_check() == ["ok"] and p.check(deep=True) == []
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):  # triggers kept
+            p._db().execute("DELETE FROM commits")
+        c = p.commit(b, _mask(3), kind="accepted_pseudo")
+        assert (c.id, c.version, c.kind) == (4, 2, "accepted_pseudo")  # ids continue
+        assert p.image(b).status == "corrected"
+        kinds = {it.image.name: it.kind for it in p.labeled()}
+        assert kinds == {"a": "correction", "b": "accepted_pseudo"}
+        with pytest.raises(ValueError, match="unknown commit kind"):
+            p.commit(b, _mask(3), kind="guess")
+
+
 # ---------------------------------------------------------------------------- images and texts
 
 

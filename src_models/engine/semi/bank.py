@@ -31,12 +31,21 @@ unlabeled later starts its own average; the bank's global counter counts the upd
 Storage
 -------
 ``<folder>/index.json`` holds the global counter ``t``, ``beta``, the schedule, the dtype and
-per image its update count and file; the maps are ``<key>.t<T>.npy`` (float16 by default, or
-uint8 = round(255 P)), one file per image at the model size. An update writes all new files
-first (atomic temp + ``os.replace``), then the index (atomically), then deletes the old files;
-files the index does not name are removed when the bank is opened. A crash or a cancel in the
-middle of an update therefore leaves the previous round's labels intact, and a new bank object
-on the same folder continues ``t`` and the values exactly.
+per image its update count, its file, the update ``t`` that wrote it and the file it replaced
+(``prev``); the maps are ``<key>.t<T>.npy`` (float16 by default, or uint8 = round(255 P)), at
+the model size. An update writes all new files first (atomic temp + ``os.replace``), then the
+index (atomically), then deletes the maps two updates old; files the index does not name are
+removed when the bank is opened. A crash or a cancel in the middle of an update therefore
+leaves the previous round's labels intact, and a new bank object on the same folder continues
+``t`` and the values exactly.
+
+The previous map of each image stays beside its current one, so that a viewer can show how a
+label moved (:meth:`PseudoLabelBank.previous`) and a bad round can be undone
+(:meth:`PseudoLabelBank.undo`: the index is rewritten atomically to name the previous maps).
+Banks written before this have no ``prev``/``t`` entries: they open unchanged (nothing is
+rewritten on open), their first update starts keeping previous maps, and until then there is
+nothing to undo. A reader beside a training process opens the bank with ``read_only=True``:
+it never sweeps (the writer's new files are not in the index yet) and never writes.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ _DTYPES = ("float16", "uint8")
 _INDEX = "index.json"
 _OWN_FILE = re.compile(r"^[A-Za-z0-9_-]+-[0-9a-f]{8}\.t\d+\.npy$")
 _OWN_TMP = re.compile(r"^\.([A-Za-z0-9_-]+-[0-9a-f]{8}\.t\d+\.npy|index\.json)\.tmp-[0-9a-f]{8}$")
+_FILE_T = re.compile(r"\.t(\d+)\.npy$")
+# "prev" and "t" entries came without a version bump: older code reads such a bank (and sweeps
+# its previous maps away, which only ends what can be undone)
 _VERSION = 1
 
 
@@ -108,6 +120,28 @@ def _key(name: str) -> str:
     return f"{safe}-{zlib.crc32(name.encode('utf-8')):08x}"
 
 
+def _file_t(file: str) -> int:
+    m = _FILE_T.search(file)
+    return int(m.group(1)) if m else 0
+
+
+def _entry_t(entry: Mapping[str, Any]) -> int:
+    """The update that wrote an entry's map (older banks: read from its file name)."""
+    return int(entry["t"]) if "t" in entry else _file_t(entry["file"])
+
+
+def _entry_files(entry: Mapping[str, Any]) -> list[str]:
+    return [entry["file"], *([entry["prev"]] if "prev" in entry else [])]
+
+
+def _as_float(arr: np.ndarray | None) -> np.ndarray | None:
+    if arr is None:
+        return None
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) * np.float32(1.0 / 255.0)
+    return arr.astype(np.float32)
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name == "nt":  # pragma: no cover
         return
@@ -143,9 +177,13 @@ class PseudoLabelBank:
         schedule: ``"corrected"`` (default) or ``"plain"``; ``None`` keeps the stored one.
         dtype: ``"float16"`` (default) or ``"uint8"``, for new banks.
         fsync: make every update durable (set False for throw-away banks in tests/benchmarks).
+        read_only: read an existing bank (``FileNotFoundError`` without one) beside the process
+            that updates it: no sweep on open, every write refused.
 
-    ``get(name)`` returns the current label (float32 in [0, 1]) or ``None``; updates go through
-    :meth:`begin_update` (streaming, one map at a time) or :meth:`update` (a mapping).
+    ``get(name)`` returns the current label (float32 in [0, 1]) or ``None``, ``previous(name)``
+    the one the last update of ``name`` replaced; updates go through :meth:`begin_update`
+    (streaming, one map at a time) or :meth:`update` (a mapping); :meth:`undo` takes the last
+    update back.
     """
 
     def __init__(
@@ -156,11 +194,16 @@ class PseudoLabelBank:
         dtype: str = "float16",
         *,
         fsync: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.read_only = bool(read_only)
+        if not self.read_only:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.fsync = bool(fsync)
         index = self._read_index()
+        if index is None and self.read_only:
+            raise FileNotFoundError(f"no pseudo-label bank in {self.folder}")
         if index is None:
             if dtype not in _DTYPES:
                 raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -189,7 +232,8 @@ class PseudoLabelBank:
                 index["schedule"] = schedule
         epi_beta(float(index["beta"]), 1, index["schedule"])  # validates both
         self._index = index
-        self._sweep()
+        if not self.read_only:
+            self._sweep()
 
     # ------------------------------------------------------------------ properties
 
@@ -238,13 +282,88 @@ class PseudoLabelBank:
 
     def get(self, name: str) -> np.ndarray | None:
         """The current pseudo label of ``name`` as float32 ``[H, W]`` in [0, 1], or ``None``."""
-        p = self.path(name)
-        if p is None:
+        return self._load(name, "file")
+
+    def previous(self, name: str) -> np.ndarray | None:
+        """The label of ``name`` before its last update (float32), or ``None`` if it has none
+        (its first update, a bank written before previous maps were kept, or undone)."""
+        return self._load(name, "prev")
+
+    def reload(self) -> None:
+        """Read the index again (a reader's view of a bank that another process updates)."""
+        index = self._read_index()
+        if index is not None:
+            self._index = index
+
+    def _load(self, name: str, which: str) -> np.ndarray | None:
+        try:
+            arr = self._load_file(name, which)
+        except FileNotFoundError:
+            if self.read_only:  # our index may be one update old: its files are replaced
+                self.reload()
+                with contextlib.suppress(FileNotFoundError):
+                    arr = self._load_file(name, which)
+                    return _as_float(arr)
+            if which == "prev":  # e.g. swept by older code: nothing to show or undo
+                return None
+            raise
+        return _as_float(arr)
+
+    def _load_file(self, name: str, which: str) -> np.ndarray | None:
+        entry = self._index["images"].get(name)
+        if entry is None or which not in entry:
             return None
-        arr = np.load(p, allow_pickle=False)
-        if arr.dtype == np.uint8:
-            return arr.astype(np.float32) * np.float32(1.0 / 255.0)
-        return arr.astype(np.float32)
+        return np.load(self.folder / entry[which], allow_pickle=False)
+
+    def can_undo(self) -> bool:
+        """Whether :meth:`undo` would work: the last update's labels still have their previous
+        maps (one update is kept, so one undo in a row)."""
+        return self._undo_plan() is not None
+
+    def _undo_plan(self) -> dict[str, dict[str, Any] | None] | None:
+        """name -> its entry after an undo of update ``t`` (``None``: remove it), or ``None``
+        when update ``t`` cannot be undone."""
+        t = self.t
+        last = {n: e for n, e in self._index["images"].items() if _entry_t(e) == t}
+        if t == 0 or not last:
+            return None
+        plan: dict[str, dict[str, Any] | None] = {}
+        for name, e in last.items():
+            prev = e.get("prev")
+            if prev is None:
+                if int(e["n"]) > 1:
+                    return None  # its previous map was not kept (or was undone already)
+                plan[name] = None  # first labelled in update t
+            elif not (self.folder / prev).is_file():
+                return None
+            else:
+                plan[name] = {"n": int(e["n"]) - 1, "file": prev, "t": _file_t(prev)}
+        return plan
+
+    def undo(self) -> list[str]:
+        """Take the last update back: every label it wrote returns to its previous map (labels
+        it created are removed) and ``t`` goes down by one, in one atomic index write. Returns
+        the names it changed; ``ValueError`` if it cannot (see :meth:`can_undo`)."""
+        self._refuse_if_read_only()
+        plan = self._undo_plan()
+        if plan is None:
+            raise ValueError(
+                f"pseudo-label bank {self.folder}: update {self.t} cannot be undone (only the "
+                "last update's previous maps are kept)"
+            )
+        images = self._index["images"]
+        drop = [images[n]["file"] for n in plan]
+        for name, entry in plan.items():
+            if entry is None:
+                del images[name]
+            else:
+                images[name] = entry
+        self._index["t"] = self.t - 1
+        self._write_index()
+        for f in drop:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / f).unlink()
+        return list(plan)
 
     # ------------------------------------------------------------------ writing
 
@@ -253,6 +372,7 @@ class PseudoLabelBank:
 
         Usable as a context manager: commits on success, aborts on an exception.
         """
+        self._refuse_if_read_only()
         return BankUpdate(self)
 
     def update(
@@ -277,7 +397,8 @@ class PseudoLabelBank:
         gone = [n for n in names if n in self._index["images"]]
         if not gone:
             return
-        files = [self._index["images"].pop(n)["file"] for n in gone]
+        self._refuse_if_read_only()
+        files = [f for n in gone for f in _entry_files(self._index["images"].pop(n))]
         self._write_index()
         for f in files:
             with contextlib.suppress(FileNotFoundError):
@@ -289,6 +410,10 @@ class PseudoLabelBank:
         self.remove([n for n in self.names() if n not in keep])
 
     # ------------------------------------------------------------------ internals
+
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise PermissionError(f"pseudo-label bank {self.folder} is open read-only")
 
     def _read_index(self) -> dict[str, Any] | None:
         p = self.folder / _INDEX
@@ -323,7 +448,7 @@ class PseudoLabelBank:
     def _sweep(self) -> None:
         """Delete this bank's files that the index does not name (an interrupted update's
         leftovers). Other files in the folder are never touched."""
-        known = {e["file"] for e in self._index["images"].values()}
+        known = {f for e in self._index["images"].values() for f in _entry_files(e)}
         for p in self.folder.iterdir():
             if not p.is_file() or p.name in known:
                 continue
@@ -362,7 +487,7 @@ class BankUpdate:
             raise ValueError(f"{name!r} was added twice to one update")
         file = f"{_key(name)}.t{self.t}.npy"
         self.bank._write_map(self.bank.folder / file, new)
-        self._entries[name] = {"n": int(n), "file": file}
+        self._entries[name] = {"n": int(n), "file": file, "t": self.t}
 
     def add(self, name: str, prediction: np.ndarray) -> np.ndarray:
         """EPI-update the label of ``name`` with ``prediction`` (``[H, W]`` in [0, 1]).
@@ -404,13 +529,20 @@ class BankUpdate:
         return new
 
     def commit(self) -> float | None:
-        """Make the update visible (index written), drop the old files; returns the mean over
-        images that had a label before of ``mean |P_t - P_(t-1)|`` (``None`` if none had)."""
+        """Make the update visible (index written; each replaced map stays as ``prev``), drop
+        the maps two updates old; returns the mean over images that had a label before of
+        ``mean |P_t - P_(t-1)|`` (``None`` if none had)."""
         if self.done:
             raise RuntimeError("this bank update is already finished")
         bank = self.bank
         images = bank._index["images"]
-        old = [images[n]["file"] for n in self._entries if n in images]
+        old = []
+        for name, entry in self._entries.items():
+            replaced = images.get(name)
+            if replaced is not None:
+                entry["prev"] = replaced["file"]
+                if "prev" in replaced:
+                    old.append(replaced["prev"])
         images.update(self._entries)
         bank._index["t"] = self.t
         bank._write_index()

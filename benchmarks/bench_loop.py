@@ -10,7 +10,7 @@ current model is then scored on the held-out split at the images' own size, thro
 the checkpoint's threshold. Also scored: the shipped default before any correction.
 
 ``--old`` also runs each seed with the settings the button had before rounds were sized by work
-(5 epochs per round, whole images resized to the model), and ``--no-epi`` with EPI's pseudo
+(5 epochs per round, whole images resized to the model, always from the configured model), and ``--no-epi`` with EPI's pseudo
 labels off, side by side in the same run.
 
     python -m benchmarks.bench_loop --monuseg /work/shared/datasets/MoNuSeg --seeds 0 1 2
@@ -43,8 +43,8 @@ STEPS = (1, 3, 5, 10)
 #: What each compared setting changes in the button's config.
 SETTINGS = {
     "new": {},
-    # the button before rounds were sized by work: 5 epochs, whole images
-    "old": {"epochs": 5, "resolution": "whole"},
+    # the button before rounds were sized by work: 5 epochs, whole images, from the model
+    "old": {"epochs": 5, "resolution": "whole", "start": "model"},
     # the button without EPI's pseudo labels on the uncorrected images
     "no_epi": {"semi": "off"},
 }

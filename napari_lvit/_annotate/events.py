@@ -55,6 +55,16 @@ def round_start_text(event: dict[str, Any]) -> str:
     return text
 
 
+def start_probe_text(event: dict[str, Any]) -> str:
+    """What a ``RetrainStartProbe`` says: which start a new project's first round is trying,
+    or what it scored."""
+    head = f"trying start {event['index']}/{event['total']} ({event['base']})"
+    if not event.get("done", True):
+        return head
+    dice = event.get("dice")
+    return head + (": no validation" if dice is None else f": val Dice {dice:.3f}")
+
+
 def round_end_text(event: dict[str, Any]) -> str:
     """What a ``RetrainRoundEnd`` says: done (and whether its model became current), failed,
     cancelled."""

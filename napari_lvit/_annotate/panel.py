@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_lvit._annotate.events import round_end_text, round_start_text
+from napari_lvit._annotate.events import round_end_text, round_start_text, start_probe_text
 from napari_lvit._annotate.plot import CurvePlot
 from napari_lvit._annotate.session import PANEL_DEFAULTS, build_retrain_config
 from napari_lvit._widget import wrap_to_width
@@ -117,6 +117,7 @@ class RetrainPanel(QGroupBox):
         lay.addWidget(self.retrain_label)
 
         self._round_text = ""
+        self._phase = ""  # "trying start 1/2 (...), " while a new project's round probes starts
         self._fit_epochs = 1
         self._fit_steps = 1
         self._ui_time = 0.0
@@ -170,7 +171,12 @@ class RetrainPanel(QGroupBox):
         if kind == "RetrainRoundStart":
             self.plot.start_round()
             self._round_text = round_start_text(event)
+            self._phase = ""
             self.retrain_label.setText(self._round_text + " — preparing")
+        elif kind == "RetrainStartProbe":
+            text = start_probe_text(event)
+            self._phase = "" if event.get("done", True) else text + ", "
+            self.retrain_label.setText(f"{self._round_text} — {text}")
         elif kind == "PseudoLabelProgress":
             bar.setRange(0, int(event["total"]))
             bar.setValue(int(event["done"]))
@@ -192,7 +198,7 @@ class RetrainPanel(QGroupBox):
             self._ui_time = now
             bar.setValue((int(event["epoch"]) - 1) * self._fit_steps + int(event["batch"]))
             self.retrain_label.setText(
-                f"{self._round_text} — epoch {event['epoch']}/"
+                f"{self._round_text} — {self._phase}epoch {event['epoch']}/"
                 f"{self._fit_epochs}, loss {event['loss']:.4f}"
             )
         elif kind == "EpochEnd":

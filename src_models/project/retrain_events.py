@@ -59,8 +59,9 @@ class RetrainRoundEnd:
 
 @dataclass(frozen=True)
 class RetrainStartProbe:
-    """A new project's first round probed one start candidate (:mod:`.retrain_start`):
-    ``dice`` is its validation Dice after ``steps`` steps."""
+    """A new project's first round probes a start candidate (:mod:`.retrain_start`): sent as
+    it begins (``done`` False) and when it ends, with its validation Dice after ``steps``
+    steps."""
 
     round_id: int
     label: str
@@ -70,6 +71,7 @@ class RetrainStartProbe:
     dice: float | None
     steps: int
     seconds: float
+    done: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def format_retrain_event(event: Any) -> str:
             )
         return f"round {event.round_id} {event.status}{extra}{where}{why}"
     if isinstance(event, RetrainStartProbe):
+        if not event.done:
+            return f"round {event.round_id} start probe {event.index}/{event.total}: {event.base}"
         dice = "no validation" if event.dice is None else f"val Dice {event.dice:.4f}"
         return (
             f"round {event.round_id} start probe {event.index}/{event.total}: {event.base}, "

@@ -113,8 +113,8 @@ def probe_starts(
     (``plan.labeled_set``) and score it on the validation set; returns the best candidate
     (first on ties, so the configured one) and the record for the round's metrics. Yields each
     probe's ``FitStart`` and ``BatchEnd`` (for progress bars) and a :class:`RetrainStartProbe`
-    per candidate. ``on_trainer`` receives each probe's trainer (``None`` after it), so that a
-    cancel reaches it."""
+    as each candidate begins and ends. ``on_trainer`` receives each probe's trainer (``None``
+    after it), so that a cancel reaches it."""
     from src_models.engine.events import BatchEnd, FitStart, TrainingDone
     from src_models.engine.recipe import TrainingRecipe, build_trainer
 
@@ -135,6 +135,10 @@ def probe_starts(
             save_last=False,
         )
         recipe = TrainingRecipe(train)  # supervised: EPI, CLCC and SKS run in the round itself
+        total = len(candidates)
+        yield RetrainStartProbe(
+            round_id, candidate.label, candidate.base, index, total, None, 0, 0.0, done=False
+        )
         trainer = build_trainer(
             candidate.model, plan.labeled_set, plan.val_set, plan.encoder, recipe
         )
@@ -159,7 +163,7 @@ def probe_starts(
             }
         )
         yield RetrainStartProbe(
-            round_id, candidate.label, candidate.base, index, len(candidates), dice, steps, seconds
+            round_id, candidate.label, candidate.base, index, total, dice, steps, seconds
         )
         if cancelled:
             break

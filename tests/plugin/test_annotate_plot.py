@@ -49,3 +49,22 @@ def test_the_settings_have_labels_and_build_one_config(qtbot):
     panel.clcc_check.setChecked(True)
     config = panel.config("cpu", "lvit_tiny", {"num_threads": 1})
     assert (config.epochs, config.clcc, config.device, config.num_threads) == (7, True, "cpu", 1)
+
+
+def test_a_new_projects_start_probe_shows_which_start_it_tries(qtbot):
+    panel = RetrainPanel()
+    qtbot.addWidget(panel)
+    start = {"round_id": 1, "index": 1, "rounds": 1, "engine": "supervised", "n_labeled": 2}
+    panel.show_event({"type": "RetrainRoundStart", **start})
+    probe = {"type": "RetrainStartProbe", "round_id": 1, "total": 2, "base": "default"}
+    panel.show_event({**probe, "index": 1, "done": False, "dice": None})
+    panel.show_event({"type": "FitStart", "epochs": 1, "steps_per_epoch": 50})
+    panel.show_event({"type": "BatchEnd", "epoch": 1, "batch": 50, "loss": 0.5})
+    assert "trying start 1/2 (default), epoch 1/1, loss 0.5000" in panel.retrain_label.text()
+    panel.show_event({**probe, "index": 1, "done": True, "dice": 0.41})
+    assert panel.retrain_label.text().endswith("trying start 1/2 (default): val Dice 0.410")
+    panel.show_event({**probe, "index": 2, "base": "fresh", "done": True, "dice": 0.52})
+    panel.show_event({"type": "FitStart", "epochs": 5, "steps_per_epoch": 50})
+    panel.show_event({"type": "BatchEnd", "epoch": 1, "batch": 50, "loss": 0.4})
+    assert panel.retrain_label.text().endswith("— epoch 1/5, loss 0.4000")  # the round itself
+    assert panel.plot.loss == []  # probes draw no curve

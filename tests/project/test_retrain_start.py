@@ -43,8 +43,13 @@ def test_the_first_round_probes_the_configured_model_and_a_fresh_one(tmp_path):
     events = list(retrain(folder, config=RetrainConfig(model=str(dead), **OPTIONS)))
     assert events[-1].status == "done", events[-2]
     probes = [e for e in events if isinstance(e, RetrainStartProbe)]
-    assert [p.label for p in probes] == ["configured", "fresh"]
-    assert all(p.steps > 0 and p.total == 2 for p in probes)
+    assert [(p.label, p.done) for p in probes] == [
+        ("configured", False),
+        ("configured", True),
+        ("fresh", False),
+        ("fresh", True),
+    ]
+    assert all(p.steps > 0 and p.total == 2 for p in probes if p.done)
     with Project.open(folder) as project:
         (r,) = project.rounds()
     record = r.metrics["start_probe"]
@@ -94,7 +99,7 @@ def test_a_pretrained_encoder_in_the_project_is_a_candidate(tmp_path):
     (folder / "checkpoints").mkdir(exist_ok=True)
     save_checkpoint(folder / "checkpoints" / PRETRAINED_NAME, pretrained, meta={"threshold": 0.5})
     events = list(retrain(folder, config=RetrainConfig(model="lvit_tiny", **OPTIONS)))
-    probes = [e for e in events if isinstance(e, RetrainStartProbe)]
+    probes = [e for e in events if isinstance(e, RetrainStartProbe) and e.done]
     assert [p.label for p in probes] == ["configured", "pretrained"]
     assert "pretrained.safetensors" in probes[1].base
     with Project.open(folder) as project:

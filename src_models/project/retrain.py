@@ -270,7 +270,7 @@ class RetrainRun:
             best, record = yield from probe_starts(candidates, plan, round_id, self._set_trainer)
             if self._cancel.is_set():
                 return
-            plan.start_from(best, record["epochs"])
+            plan.start_from(best, record["epochs"] if record["kept_training"] else 0)
             metrics.update(start_probe=record, base=plan.base, trainer=plan.recipe.to_dict())
             metrics["probe_seconds"] = time.perf_counter() - started
             project.update_round(round_id, metrics)

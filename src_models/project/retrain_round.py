@@ -79,21 +79,23 @@ class RoundPlan:
             **({} if self.sizing is None else self.sizing.summary()),
         }
 
-    def start_from(self, start: Any, probe_epochs: int) -> None:
-        """Continue from ``start`` (a :class:`~.retrain_start.StartCandidate` that trained
-        ``probe_epochs`` epochs in the start probe): its model, at its learning rate, for the
-        rest of the round's epochs. With EPI, the probe was the supervised round 0."""
+    def start_from(self, start: Any, trained_epochs: int) -> None:
+        """Go on from ``start`` (a :class:`~.retrain_start.StartCandidate`, whose probe
+        training of ``trained_epochs`` epochs of this round is kept; 0: none is): its model and
+        description, at its learning rate, for the rest of the round's epochs."""
         self.model, self.meta = start.model, start.meta
         self.base, self.base_is_new = start.base, start.base_is_new
         train = self.recipe.train
-        epochs = max(1, int(train.epochs) - int(probe_epochs))
+        epochs = max(1, int(train.epochs) - int(trained_epochs))
         lr = float(start.lr)
         train = dataclasses.replace(
             train, epochs=epochs, t0=epochs, lr=lr, min_lr=lr * train.min_lr / train.lr
         )
         semi = self.recipe.semi
         if semi is not None:
-            semi = dataclasses.replace(semi, round0_epochs=0, round_epochs=epochs)
+            # a new model gets its supervised round 0 first, as in round_recipe
+            round0 = epochs if start.base_is_new else 0
+            semi = dataclasses.replace(semi, round0_epochs=round0, round_epochs=epochs)
         self.recipe = dataclasses.replace(self.recipe, train=train, semi=semi)
         if self.sizing is not None:
             self.sizing.epochs, self.sizing.lr, self.sizing.min_lr = epochs, lr, train.min_lr

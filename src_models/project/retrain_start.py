@@ -5,10 +5,11 @@ default, trained on synthetic chest X-rays), from a fresh model of the same arch
 from one whose image encoder was pretrained on the project's own images (``napari-lvit pretrain
 DATA --out PROJECT/checkpoints/pretrained.safetensors``). Which one learns a project fastest is
 not known in advance: on H&E tissue the chest X-ray start is worse than a random one. So the
-first round trains every candidate for a short probe (``PROBE_SHARE`` of the round, at least one
-validation period) on the round's own data, scores each on the round's validation set, and
-continues from the best, with its probe training kept. The scores are in the round's metrics
-(``start_probe``). Rounds of a project that has a current model start from it, as before.
+first round trains every candidate for a short probe (``PROBE_SHARE`` of the round's steps, at
+least one validation period) on the round's labelled data, scores each on the round's
+validation set, and goes on from the best (with its probe training, when the round is
+supervised). The scores are in the round's metrics (``start_probe``). Rounds of a project that
+has a current model start from it, as before.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = [
 
 #: A project's pretrained encoder, used as a start candidate when the file exists.
 PRETRAINED_NAME = "pretrained.safetensors"
-#: Share of a round's epochs each candidate trains for in the probe.
+#: Share of a round's optimizer steps each candidate trains for in the probe.
 PROBE_SHARE = 1 / 6
 
 
@@ -98,9 +99,19 @@ def _fresh(plan: Any, seed: int, label: str, lr: tuple[float, str]) -> StartCand
     return StartCandidate(label, model, meta, f"{name} (new, {size} px)", True, *lr)
 
 
-def probe_epochs(epochs: int) -> int:
-    """Epochs each candidate trains in the probe of a round of ``epochs`` epochs."""
-    return max(1, math.floor(epochs * PROBE_SHARE))
+def probe_epochs(plan: Any) -> int:
+    """Epochs over the labelled set that each candidate trains in the probe: ``PROBE_SHARE`` of
+    the round's planned optimizer steps, at least one epoch."""
+    batch = int(plan.recipe.train.batch_size)
+
+    def steps_per_epoch(dataset: Any) -> int:
+        return max(1, math.ceil(len(dataset) / batch))
+
+    planned = plan.sizing.steps if plan.sizing is not None else None
+    if not planned:  # an epoch-counted round
+        planned = int(plan.recipe.train.epochs) * steps_per_epoch(plan.train_set)
+    probe_steps = max(1, round(planned * PROBE_SHARE))
+    return max(1, round(probe_steps / steps_per_epoch(plan.labeled_set)))
 
 
 def probe_starts(
@@ -109,21 +120,30 @@ def probe_starts(
     round_id: int,
     on_trainer: Callable[[Any], None],
 ) -> Generator[Any, None, tuple[StartCandidate, dict[str, Any]]]:
-    """Train each candidate ``probe_epochs`` supervised epochs on the round's labelled data
+    """Train each candidate :func:`probe_epochs` supervised epochs on the round's labelled data
     (``plan.labeled_set``) and score it on the validation set; returns the best candidate
-    (first on ties, so the configured one) and the record for the round's metrics. Yields each
+    (first on ties, so the configured one) and the record for the round's metrics. The winner
+    keeps its probe training when the round is supervised too (``record["kept_training"]``);
+    before an EPI or CLCC round it goes back to its starting weights, so that the round trains
+    it as it would have without a probe (a supervised detour on the few labelled images would
+    change the pseudo labels EPI starts from). Yields each
     probe's ``FitStart`` and ``BatchEnd`` (for progress bars) and a :class:`RetrainStartProbe`
     as each candidate begins and ends. ``on_trainer`` receives each probe's trainer (``None``
     after it), so that a cancel reaches it."""
+    from src_models.engine.callbacks import cpu_state_dict
     from src_models.engine.events import BatchEnd, FitStart, TrainingDone
     from src_models.engine.recipe import TrainingRecipe, build_trainer
 
     base = plan.recipe.train
-    epochs = probe_epochs(int(base.epochs))
-    scores: list[tuple[float, StartCandidate]] = []
-    record: dict[str, Any] = {"epochs": epochs, "candidates": []}
+    epochs = probe_epochs(plan)
+    keep = plan.recipe.semi is None and plan.recipe.clcc is None
+    scores: list[tuple[float, int, StartCandidate]] = []
+    initial: dict[int, Any] = {}
+    record: dict[str, Any] = {"epochs": epochs, "kept_training": keep, "candidates": []}
     for index, candidate in enumerate(candidates, start=1):
         t0 = time.perf_counter()
+        if not keep:
+            initial[index] = cpu_state_dict(candidate.model)
         lr = float(candidate.lr)
         train = dataclasses.replace(
             base,
@@ -167,8 +187,10 @@ def probe_starts(
         )
         if cancelled:
             break
-        scores.append((-1.0 if dice is None else float(dice), candidate))
-    best = max(scores, key=lambda s: s[0])[1] if scores else candidates[0]
+        scores.append((-1.0 if dice is None else float(dice), index, candidate))
+    _, index, best = max(scores, key=lambda s: s[0]) if scores else (0, 1, candidates[0])
+    if not keep and index in initial:
+        best.model.load_state_dict(initial[index])
     record["chosen"] = best.label
     record["seconds"] = sum(c["seconds"] for c in record["candidates"])
     return best, record

@@ -4,6 +4,7 @@ best, and records the probe; rounds of a project with a model start from it."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -17,11 +18,11 @@ from src_models.models import create_model
 from src_models.project import Project
 from src_models.project.retrain import RetrainConfig, RetrainStartProbe, retrain
 from src_models.project.retrain_round import plan_round
-from src_models.project.retrain_start import PRETRAINED_NAME, start_candidates
+from src_models.project.retrain_start import PRETRAINED_NAME, probe_starts, start_candidates
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-OPTIONS = {"device": "cpu", "num_threads": 1, "semi": "off", "steps": 60, "lr": 1e-2}
+OPTIONS = {"device": "cpu", "num_threads": 1, "semi": "off", "steps": 96, "lr": 1e-2}
 
 
 def _dead_checkpoint(path):
@@ -58,9 +59,9 @@ def test_the_first_round_probes_the_configured_model_and_a_fresh_one(tmp_path):
     assert record["chosen"] == "fresh" and r.metrics["base"].startswith("lvit_tiny (new")
     # the round went on from the fresh model (from what its probe reached)
     assert r.metrics["best_dice"] >= dice["fresh"]
-    # the winner's probe epochs and the rest make the planned round: 60 steps of batch 4 over
+    # the winner's probe epochs and the rest make the planned round: 96 steps of batch 4 over
     # 3 images, one step an epoch
-    assert record["epochs"] + len(r.metrics["epochs"]) == math.ceil(60 * 4 / 3)
+    assert record["epochs"] + len(r.metrics["epochs"]) == math.ceil(96 * 4 / 3)
 
 
 def test_each_start_learns_at_its_own_rate(tmp_path):
@@ -126,3 +127,28 @@ def test_a_kept_patch_scale_survives_a_noisy_median_but_not_a_wrong_one():
     assert not still_suits(WorkingResolution("patches", 64, 4.0), shapes, masks=masks(7.5))
     # a whole-image resolution never suits what the rule cuts into patches
     assert not still_suits(WorkingResolution.whole(64), shapes, masks=masks(7.5))
+
+
+def test_before_an_epi_round_the_winner_goes_back_to_its_starting_weights(tmp_path):
+    folder, _ = tile_project(tmp_path, 64, 4, 3)  # one unlabelled tile: an EPI round
+    dead = _dead_checkpoint(tmp_path / "dead.safetensors")
+    cfg = RetrainConfig(model=str(dead), **{**OPTIONS, "semi": "epi"})
+    with Project.open(folder) as project:
+        plan = plan_round(project, cfg, 1, tmp_path / "w", project.labeled(), project.unlabeled())
+        assert plan.recipe.semi is not None and len(plan.labeled_set) < len(plan.train_set)
+        candidates = start_candidates(project, cfg, plan)
+        before = {c.label: copy.deepcopy(c.model.state_dict()) for c in candidates}
+        run = probe_starts(candidates, plan, 1, lambda trainer: None)
+        events = []
+        try:
+            while True:
+                events.append(next(run))
+        except StopIteration as stop:
+            best, record = stop.value
+    assert record["kept_training"] is False and record["chosen"] == best.label == "fresh"
+    # 96 steps planned: a sixth of them, one step an epoch over the 3 labelled tiles
+    assert record["epochs"] == 16 and all(c["steps"] == 16 for c in record["candidates"])
+    for name, value in best.model.state_dict().items():
+        torch.testing.assert_close(value, before["fresh"][name])
+    plan.start_from(best, 0)
+    assert plan.recipe.semi.round0_epochs == plan.recipe.train.epochs  # a new model's round 0

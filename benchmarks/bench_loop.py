@@ -10,8 +10,8 @@ current model is then scored on the held-out split at the images' own size, thro
 the checkpoint's threshold. Also scored: the shipped default before any correction.
 
 ``--old`` also runs each seed with the settings the button had before rounds were sized by work
-(5 epochs per round, whole images resized to the model, always from the configured model), and ``--no-epi`` with EPI's pseudo
-labels off, side by side in the same run.
+(5 epochs per round, whole images resized to the model, always from the configured model), and
+``--no-epi`` with EPI's pseudo labels off, side by side in the same run.
 
     python -m benchmarks.bench_loop --monuseg /work/shared/datasets/MoNuSeg --seeds 0 1 2
     python -m benchmarks.bench_loop --synthetic --seeds 0 1 2

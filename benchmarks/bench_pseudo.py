@@ -71,6 +71,7 @@ def round_config(args, seed: int):
         device="cpu",
         seed=seed,
         semi="epi",
+        start="model",  # no start probe: the pseudo labels of the configured model
         resolution="whole",
         num_threads=args.threads,
         replace_if_worse=True,

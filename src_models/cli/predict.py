@@ -97,6 +97,7 @@ def _add_models(sub) -> None:
 
 def cmd_predict(args) -> int:
     from src_models.data.io import read_image, write_mask, write_prob
+    from src_models.data.windows import input_range
     from src_models.errors import UserError
     from src_models.inference import Predictor
     from src_models.model_source import resolve_checkpoint
@@ -126,9 +127,16 @@ def cmd_predict(args) -> int:
     if args.prob_out:
         uses["the --out file"] = args.out
         check_output(args.prob_out, "--prob-out", (".tif", ".tiff"), uses)
+    image = read_image(args.image, max_pixels=args.max_pixels)
+    if args.window is not None and input_range(image, args.window) is None:
+        raise UserError(
+            f"--window: {args.image} is not stored as HU ({image.dtype}"
+            f"{', colour' if image.ndim == 3 and image.shape[-1] != 1 else ''}): a CT window "
+            "applies to grayscale images of more than 8 bits",
+            hint="leave --window out for this image",
+        )
     predictor = Predictor(args.checkpoint, device=args.device, window=args.window)
     predictor.max_pixels = args.max_pixels
-    image = read_image(args.image, max_pixels=args.max_pixels)
     result = predictor.predict(image, args.text, threshold=args.threshold)
     if args.prob_out:
         write_prob(args.prob_out, result.prob)

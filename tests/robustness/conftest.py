@@ -1,20 +1,22 @@
 """Fixtures of the robustness suite (helpers: ``robustness_cases``).
 
 Issue 20: every bad input ends in one clear line and changes nothing on disk. The suite holds
-166 cases (collected test items), by what is bad in them:
+171 cases (collected test items), by what is bad in them:
 
 ==========================  =====  ==================================================
 kind                        cases  e.g.
 ==========================  =====  ==================================================
-image                          26  corrupt / truncated / [H, W, 2] / NaN / 20000 px
+image                          27  corrupt / truncated / [H, W, 2] / NaN / 20000 px,
+                                   a CT window on an 8-bit image
 text                           10  not UTF-8 (``--text``, tables, ``<image>.txt``),
                                    a pickle as encoder weights, empty or too long
 checkpoint                     32  corrupt, NaN weights, threshold NaN / -1 / 1e9,
                                    width 65536, depth 10^6, trained with ``--no-text``
 dataset                        31  masks with a background of 1-3, missing masks,
                                    wrong sizes, bad tables, bad masks committed
-project                        25  corrupt / foreign / newer manifest, creation killed
-                                   half way, read-only project, full disk on commit
+project                        29  corrupt / foreign / newer manifest, creation killed
+                                   half way, read-only project, full disk on commit,
+                                   ``pseudo`` on no project / no round / bad confidence
 output path                    21  an input as output, ``--prob-out`` = ``--out``, a
                                    wrong suffix, read-only folder, ``synth --size``
 flags, devices, boundary       21  thresholds outside (0, 1), bad devices, usage

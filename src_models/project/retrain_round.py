@@ -6,8 +6,10 @@ round's metrics."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from .project_dataset import (
     load_full_resolution,
     split_validation,
 )
+from .pseudo_review import ACCEPTED_KIND
 from .records import TrainingItem
 from .retrain_config import RetrainConfig, RetrainError
 from .retrain_events import RetrainRoundStart
@@ -60,7 +63,19 @@ class RoundPlan:
     train_set: Any
     val_set: Any
     sizing: RoundSizing | None = None
-    labeled_set: Any = None  # the labelled part of train_set (the start probe trains on it)
+    #: builds the labelled part of ``train_set`` when that holds unlabelled samples too (only
+    #: a start probe needs it, so it is read on first use); ``None``: all of it is labelled
+    labeled_builder: Callable[[], Any] | None = None
+    _labeled: Any = field(default=None, repr=False)
+
+    @property
+    def labeled_set(self) -> Any:
+        """The labelled samples of ``train_set`` as a dataset (what a start probe trains on)."""
+        if self.labeled_builder is None:
+            return self.train_set
+        if self._labeled is None:
+            self._labeled = self.labeled_builder()
+        return self._labeled
 
     def summary(self) -> dict[str, Any]:
         """The round's metrics once it is planned (``trainer``: the configs of the engine)."""
@@ -187,8 +202,8 @@ def _samples(
     use_semi = semi is not None and bool(unlabeled)
     # accepted pseudo labels train but never validate: a round would be scored on the model's
     # own predictions (and so would the check against the current model)
-    accepted = [it for it in labeled if it.kind == "accepted_pseudo"]
-    by_hand = [it for it in labeled if it.kind != "accepted_pseudo"] or accepted
+    accepted = [it for it in labeled if it.kind == ACCEPTED_KIND]
+    by_hand = [it for it in labeled if it.kind != ACCEPTED_KIND] or accepted
     train, val, val_on = split_validation(by_hand, cfg.val_fraction, cfg.min_val)
     if by_hand is not accepted:
         train = train + accepted
@@ -264,6 +279,7 @@ def plan_round(
         sizing=sizing,
         clcc=cfg.clcc and res.is_whole,
     )
+    labeled = None
     if res.is_whole:
         train_set = ProjectDataset(
             samples.train + samples.unlabeled,
@@ -273,9 +289,9 @@ def plan_round(
             in_chans=in_chans,
         )
         val_set = ProjectDataset(samples.val, size, in_chans=in_chans)
-        labeled_set = train_set
         if samples.unlabeled:
-            labeled_set = ProjectDataset(
+            labeled = functools.partial(
+                ProjectDataset,
                 samples.train,
                 size,
                 augment=cfg.augment,
@@ -285,7 +301,6 @@ def plan_round(
     else:
         full = load_full_resolution(samples.labeled)
         train_set, val_set = _patch_sets(cfg, samples, full, res, sizing, round_id, in_chans)
-        labeled_set = train_set
     return RoundPlan(
         model,
         meta,
@@ -297,7 +312,7 @@ def plan_round(
         train_set,
         val_set,
         sizing,
-        labeled_set,
+        labeled,
     )
 
 

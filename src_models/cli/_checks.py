@@ -45,6 +45,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_mask_threshold(parser: argparse.ArgumentParser) -> None:
+    """``--mask-threshold`` of the commands that read masks (``train``, ``evaluate``)."""
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="a mask value above this is lesion (default: masks must be 0/1, 0/255 or boolean)",
+    )
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether ``a`` and ``b`` name the same file (links and relative paths resolved)."""
     pa, pb = Path(a).expanduser(), Path(b).expanduser()

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from src_models.cli._checks import check_output, positive_int, probability
+from src_models.cli._checks import add_mask_threshold, check_output, positive_int, probability
 from src_models.inference_checks import MAX_PIXELS, memory_text
 
 
@@ -81,12 +81,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (dice, iou, n, per_image)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-text", action="store_true", help="run a text model without text")
-    p.add_argument(
-        "--mask-threshold",
-        type=float,
-        default=None,
-        help="a mask value above this is lesion (default: masks must be 0/1, 0/255 or boolean)",
-    )
+    add_mask_threshold(p)
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src_models.cli._checks import check_new_checkpoint
+from src_models.cli._checks import add_mask_threshold, check_new_checkpoint
 
 
 def _add_train(sub) -> None:
@@ -19,12 +19,7 @@ def _add_train(sub) -> None:
     p.add_argument("--patience", type=int, default=50)
     p.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     p.add_argument("--no-text", action="store_true", help="train the same model without text")
-    p.add_argument(
-        "--mask-threshold",
-        type=float,
-        default=None,
-        help="a mask value above this is lesion (default: masks must be 0/1, 0/255 or boolean)",
-    )
+    add_mask_threshold(p)
     p.add_argument("--text-encoder", default="default", help="'default' or a local HF folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

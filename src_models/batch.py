@@ -18,6 +18,12 @@ It is a generator of small events (:class:`BatchPlanned`, :class:`ItemSkipped`,
 :class:`SlicesDone`, :class:`ItemWritten`, :class:`BatchFinished`); closing it stops the run.
 Resumable: items whose output exists are skipped; every output is written atomically, so an
 interrupted run leaves only whole files.
+
+Under torchrun (``dist``, a :class:`~src_models.engine.distributed.Distributed` whose group
+is set up: ``napari-lvit predict ... --out-dir`` does it) every rank plans the same items and
+takes its share (:func:`shard_items`: balanced by slices, each item on exactly one rank), so
+every output is written once, by one rank. ``BatchPlanned`` and ``BatchFinished`` count the
+whole job (summed over ranks); the other events are this rank's.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ __all__ = [
     "plan_batch",
     "predict_batch",
     "run_batch",
+    "shard_items",
 ]
 
 VOLUME_SUFFIX = ".nii.gz"
@@ -385,6 +392,20 @@ def _geometry(loaded) -> dict:
     return {k: getattr(loaded, k, None) for k in ("spacing", "origin", "affine")}
 
 
+def shard_items(items: Sequence[BatchItem], world_size: int, rank: int) -> list[int]:
+    """The indices of ``items`` that rank ``rank`` of ``world_size`` runs: each item goes, in
+    order, to the rank with the fewest slices so far (the lowest rank on a tie), so 2D images
+    are dealt round-robin and volumes spread by size. Every rank computes the same split."""
+    load = [0] * int(world_size)
+    mine = []
+    for i, item in enumerate(items):
+        r = min(range(len(load)), key=lambda k: (load[k], k))
+        load[r] += max(int(item.slices), 1)
+        if r == rank:
+            mine.append(i)
+    return mine
+
+
 def predict_batch(
     predictor,
     items: Sequence[BatchItem],
@@ -394,24 +415,33 @@ def predict_batch(
     threshold: float | None = None,
     skip_existing: bool = True,
     window: Window | tuple[float, float] | str | None = None,
+    dist=None,
 ) -> Iterator[Event]:
     """Run ``predictor`` (a :class:`~src_models.inference.Predictor`) on ``items``; yields
     events (see the module docstring). Masks equal those of ``predictor.predict`` image by
     image (up to floating-point differences between batch sizes). ``window``: a CT window for
-    HU images (``None``: the Predictor's, e.g. its checkpoint's)."""
+    HU images (``None``: the Predictor's, e.g. its checkpoint's). ``dist``: a set-up
+    :class:`~src_models.engine.distributed.Distributed` to share the items among the ranks of
+    a torchrun job (``None``: this process runs them all)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if dist is None:
+        from src_models.engine.distributed import DistEnv, Distributed
+
+        dist = Distributed(DistEnv())
     cut = predictor.threshold if threshold is None else float(threshold)
     start = time.perf_counter()
     todo: list[tuple[int, BatchItem]] = []
     skipped = []
-    for i, item in enumerate(items):
+    for i in shard_items(items, dist.world_size, dist.rank):
+        item = items[i]
         if skip_existing and item.output.exists():
             skipped.append(item)
         else:
             todo.append((i, item))
     total = sum(item.slices for _, item in todo)
-    yield BatchPlanned(len(items), len(todo), len(skipped), total)
+    counts = dist.all_reduce_sum([len(todo), len(skipped), total])
+    yield BatchPlanned(len(items), *(int(c) for c in counts))
     for item in skipped:
         yield ItemSkipped(item.source, item.output)
     tiler = _Tiler(predictor.resolution is not None, predictor.tile, predictor.tile_min_side)
@@ -455,7 +485,8 @@ def predict_batch(
                 yield ItemWritten(item.source, item.output, item.slices, float(full.mean()))
         done += len(chunk.keys)
         yield SlicesDone(done, total)
-    yield BatchFinished(written, len(skipped), done, time.perf_counter() - start)
+    counts = dist.all_reduce_sum([written, len(skipped), done])  # (waits for every rank)
+    yield BatchFinished(*(int(c) for c in counts), time.perf_counter() - start)
 
 
 def _tiled(predictor, image01: np.ndarray, text: str | None, batch_size: int) -> np.ndarray:

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None, extra_commands: Sequence[Callable] = ())
     if unknown:  # said by the command's own parser, which names the command
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        with _one_line_warnings(args.command):
+        with _one_line_warnings(args.command), _rank_zero_speaks():
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -127,6 +127,21 @@ def main(argv: list[str] | None = None, extra_commands: Sequence[Callable] = ())
             message += " (rerun with --debug to see the traceback, and report it)"
         print(f"napari-lvit {args.command}: error: {message}", file=sys.stderr)
         return 2 if user_error else 1
+
+
+@contextlib.contextmanager
+def _rank_zero_speaks():
+    """Under torchrun only rank 0 prints to stdout (progress, results): the other ranks' stdout
+    is dropped; every rank's errors still go to stderr."""
+    try:
+        rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        rank = 0
+    if rank == 0:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 @contextlib.contextmanager

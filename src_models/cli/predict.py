@@ -141,18 +141,10 @@ def cmd_predict(args) -> int:
 
 
 def _cmd_predict_batch(args) -> int:
-    from tqdm import tqdm
-
-    from src_models.batch import (
-        BatchFinished,
-        BatchPlanned,
-        ItemWritten,
-        SlicesDone,
-        plan_batch,
-        predict_batch,
-    )
+    from src_models.batch import plan_batch, predict_batch
     from src_models.data.tables import read_text_table
     from src_models.engine.checkpoint import read_checkpoint_meta
+    from src_models.engine.distributed import Distributed
     from src_models.errors import UserError
     from src_models.inference import Predictor
     from src_models.model_source import resolve_checkpoint
@@ -186,27 +178,47 @@ def _cmd_predict_batch(args) -> int:
             (".png", ".tif", ".tiff", ".nii.gz"),
             {"the checkpoint": checkpoint, "the --texts table": args.texts},
         )
-    predictor = Predictor(args.checkpoint, device=args.device, window=args.window)
-    predictor.max_pixels = args.max_pixels
-    if predictor.uses_text and not needs_text:  # a registry name: checked now the model is here
-        plan = {"text": args.text, "texts": texts, "max_pixels": args.max_pixels}
-        items = plan_batch(args.image, args.out_dir, needs_text=True, **plan)
-    bar = None
-    written = 0
-    run = {"batch_size": args.batch_size, "workers": args.workers, "threshold": args.threshold}
-    for event in predict_batch(predictor, items, **run):
-        if isinstance(event, BatchPlanned):
-            if event.skipped:
-                print(f"{event.skipped} of {event.items} already segmented in {args.out_dir}")
-            bar = tqdm(total=event.slices, unit="slice", desc="predict", dynamic_ncols=True)
-        elif isinstance(event, SlicesDone):
-            bar.update(event.done - bar.n)
-        elif isinstance(event, ItemWritten):
-            written += 1
-        elif isinstance(event, BatchFinished) and bar is not None:
-            bar.close()
-    print(f"wrote {written} mask(s) to {args.out_dir}")
+    # under torchrun every rank runs this with its share of the items (its own GPU)
+    dist = Distributed()
+    device = dist.setup(args.device)
+    try:
+        predictor = Predictor(args.checkpoint, device=device, window=args.window)
+        predictor.max_pixels = args.max_pixels
+        if predictor.uses_text and not needs_text:  # a registry name: checked now it is here
+            plan = {"text": args.text, "texts": texts, "max_pixels": args.max_pixels}
+            items = plan_batch(args.image, args.out_dir, needs_text=True, **plan)
+        run = {"batch_size": args.batch_size, "workers": args.workers, "threshold": args.threshold}
+        with dist.failures():
+            events = predict_batch(predictor, items, dist=dist, **run)
+            finished = _run_predict_batch(events, dist, args.out_dir)
+    finally:
+        dist.teardown(synchronize=False)
+    if dist.is_main:
+        print(f"wrote {finished.written} mask(s) to {args.out_dir}")
     return 0
+
+
+def _run_predict_batch(events, dist, out_dir):
+    """Consume the batch's events; rank 0 draws the bar (its own share's slices). Returns the
+    ``BatchFinished``."""
+    from tqdm import tqdm
+
+    from src_models.batch import BatchFinished, BatchPlanned, SlicesDone
+
+    bar = None
+    for event in events:
+        if isinstance(event, BatchPlanned) and dist.is_main:
+            if event.skipped:
+                print(f"{event.skipped} of {event.items} already segmented in {out_dir}")
+            bar = tqdm(total=event.slices, unit="slice", desc="predict", dynamic_ncols=True)
+        elif isinstance(event, SlicesDone) and bar is not None:
+            bar.total = event.total  # this rank's share
+            bar.update(event.done - bar.n)
+        elif isinstance(event, BatchFinished):
+            if bar is not None:
+                bar.close()
+            return event
+    raise RuntimeError("the batch ended without a BatchFinished event")
 
 
 def _check_predict_image(path: Path, max_pixels: int) -> None:

@@ -137,7 +137,8 @@ def cmd_train(args) -> int:
 
         opened = open_model(args.resume, kinds=("checkpoint",))
         try:
-            resolve_resume(opened.checkpoint)
+            if not _semi_run_state(args, opened.checkpoint):  # an EPI run resumes its rounds
+                resolve_resume(opened.checkpoint)
             args.resume = opened.checkpoint
         except CheckpointError:
             print(
@@ -181,6 +182,17 @@ def cmd_train(args) -> int:
         return _fit_semi(trainer)
     trainer = build_trainer(model, train_set, val_set, encoder, recipe, resume=args.resume)
     return _fit(trainer, steps=-(-len(train_set) // args.batch_size) * args.epochs)
+
+
+def _semi_run_state(args, checkpoint) -> bool:
+    """With ``--semi epi``: does ``checkpoint`` (the run's ``--out``) have the state file of
+    its rounds (``<stem>.semi.json``), from which the run continues?"""
+    if args.semi != "epi" or checkpoint is None:
+        return False
+    from src_models.engine.semi.run import RunFiles
+
+    state = RunFiles(checkpoint).state_path()
+    return state is not None and state.is_file()
 
 
 def _train_datasets(args, size: int):
@@ -345,5 +357,6 @@ def cmd_pretrain(args) -> int:
             f", infonce {epoch.nce:.4f}), {epoch.seconds:.1f} s"
         )
     path = pre.save(args.out)
-    print(f"wrote {path}")
+    if pre.dist.is_main:  # (rank 0 writes it under torchrun)
+        print(f"wrote {path}")
     return 0

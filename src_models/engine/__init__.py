@@ -13,7 +13,13 @@ from src_models.engine.checkpoint import (
     save_checkpoint,
     save_train_state,
 )
-from src_models.engine.distributed import DistEnv, Distributed, detect_env, unwrap
+from src_models.engine.distributed import (
+    DistEnv,
+    Distributed,
+    RankLostError,
+    detect_env,
+    unwrap,
+)
 from src_models.engine.evaluate import evaluate, evaluate_native
 from src_models.engine.events import (
     BatchEnd,
@@ -38,6 +44,7 @@ __all__ = [
     "Event",
     "FitStart",
     "KeepBest",
+    "RankLostError",
     "TrainConfig",
     "Trainer",
     "TrainingDone",

@@ -18,8 +18,10 @@ between patch predictions and the detached full-image prediction of that cell. T
 logged as ``clcc_contrast`` and ``clcc_consistency`` (the inactive one is 0).
 
 Cost: each CLCC row adds ``grid**2`` forward passes (with a backward only in the consistency
-phase), so ``images`` is small. Single process only: the patch pass calls the model a second
-time in the step, which DDP does not allow.
+phase), so ``images`` is small. Under torchrun each rank runs the patches of up to ``images``
+rows of its own share of the batch (so N ranks run up to ``N * images`` rows per step); the
+supervised terms see the global batch (:meth:`~src_models.engine.Trainer.loss_rows`) and the
+engine averages gradients itself, so the second model call in a step is allowed.
 
 The CLCC weights (0.1 contrast, 1.0 consistency) are this project's choice; the paper does not
 fix them.
@@ -108,11 +110,6 @@ class CLCCMixin:
         self.clcc_offset = float(offset)
         self.clcc_total = None if total is None else float(total)
         self._clcc_features: torch.Tensor | None = None
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.dist.world_size > 1:
-            raise RuntimeError("CLCC training runs in a single process (no torchrun)")
 
     def clcc_progress(self) -> float:
         """Position in the whole training, 0 .. 1 (epochs, with the fraction of this epoch)."""
@@ -216,6 +213,7 @@ class PartialLabelTrainer(Trainer):
             raise ValueError("no training image has a mask: nothing to supervise")
 
     def compute_loss(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, logits = self.loss_rows(batch, logits)
         target = self.targets(batch)
         has = batch.get("has_mask")
         supervised = self.supervised_terms

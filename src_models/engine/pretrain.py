@@ -23,6 +23,13 @@ average of each of the five encoder maps, concatenated, is the image's represent
 
 The whole model is written as an ordinary checkpoint (its decoder untouched), so it rebuilds
 itself; the projection heads are training-only and not saved.
+
+Each image's two views are drawn from its own generator, seeded by (seed, epoch, image), so the
+views do not depend on which process or batch an image lands in. Under torchrun every rank
+takes its share of each epoch (``batch_size`` images per rank and step), BatchNorm and both
+losses (Barlow Twins standardises over the batch, InfoNCE contrasts the batch) see the global
+batch, gradients are averaged, epochs are reported by rank 0 and only rank 0 writes the
+checkpoint: N ranks take the steps of one process with ``N * batch_size`` images.
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from src_models.device import resolve_device
 from src_models.engine.checkpoint import CheckpointError, read_checkpoint_meta, save_checkpoint
+from src_models.engine.distributed import Distributed
+from src_models.engine.sync import gather_rows
 from src_models.losses.barlow_twins import barlow_twins_loss
 from src_models.losses.infonce import image_text_info_nce, text_groups
 
@@ -201,11 +209,20 @@ class _Heads(nn.Module):
         self.text = nn.Linear(text_dim, proj) if text_dim else None
 
 
-def _views(images: Tensor, gen: torch.Generator, cfg: PretrainConfig, flip: bool) -> Tensor:
-    """One random augmented view of every image ``[B, C, S, S]`` (same shape, in [0, 1])."""
+def _view_generators(seed: int, epoch: int, index: Tensor) -> list[torch.Generator]:
+    """One generator per image of a batch (its two views in turn), from (seed, epoch, image)."""
+    return [
+        torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) * 100_003 + int(i))
+        for i in index.tolist()
+    ]
+
+
+def _views(images: Tensor, gens: list[torch.Generator], cfg: PretrainConfig, flip: bool) -> Tensor:
+    """One random augmented view of every image ``[B, C, S, S]`` (same shape, in [0, 1]);
+    image ``i`` draws from ``gens[i]``."""
     b, _, s, _ = images.shape
     out = []
-    for i in range(b):
+    for i, gen in zip(range(b), gens, strict=True):
         u = torch.rand(6, generator=gen).tolist()
         side = max(2, int(round(s * (cfg.min_crop + (1.0 - cfg.min_crop) * u[0]))))
         y0 = int(u[1] * (s - side + 1)) if side < s else 0
@@ -217,10 +234,9 @@ def _views(images: Tensor, gen: torch.Generator, cfg: PretrainConfig, flip: bool
             v = v.flip(-1)
         j = cfg.jitter
         v = (v - 0.5) * (1 + j * (2 * u[4] - 1)) + 0.5 + 0.5 * j * (2 * u[5] - 1)
-        out.append(v)
-    v = torch.cat(out).clamp(0.0, 1.0)
-    noise = torch.randn(v.shape, generator=gen) * (cfg.jitter / 10)
-    return (v + noise.to(v.device)).clamp(0.0, 1.0)
+        noise = torch.randn(v.shape, generator=gen) * (j / 10)
+        out.append((v.clamp(0.0, 1.0) + noise.to(v.device)).clamp(0.0, 1.0))
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- training
@@ -252,17 +268,30 @@ class Pretrainer:
         self.history: list[dict[str, Any]] = []
         self.texts = pretrain_texts(dataset, self.config.label_templates)
         self.n_text = sum(1 for t in self.texts if t)
+        self.dist = Distributed()
 
     def fit(self) -> Iterator[PretrainEpoch]:
-        """Train; yields one :class:`PretrainEpoch` per epoch."""
+        """Train; yields one :class:`PretrainEpoch` per epoch (under torchrun: on rank 0)."""
+        completed = False
+        with self.dist.failures():
+            try:
+                for event in self._fit():
+                    if self.dist.is_main:
+                        yield event
+                completed = True
+            finally:
+                self.dist.teardown(synchronize=completed)
+
+    def _fit(self) -> Iterator[PretrainEpoch]:
         from src_models.data import collate
         from src_models.losses.lv import sentence_embeddings
 
         cfg = self.config
+        dist = self.dist
         if len(self.dataset) < 2:
             raise ValueError("pretraining needs at least 2 images (batch statistics)")
         torch.manual_seed(cfg.seed)
-        device = resolve_device(cfg.device)
+        device = dist.setup(cfg.device)
         encoder = image_encoder(self.model)
         self.model.to(device)
         with torch.no_grad():
@@ -278,17 +307,18 @@ class Pretrainer:
             groups = text_groups(self.texts)
         heads = _Heads(feat_dim, None if text_emb is None else text_emb.shape[1], cfg.proj_dim)
         heads.to(device)
+        dist.wrap(encoder)  # rank 0's weights everywhere, BatchNorm over the global batch
+        dist.wrap(heads)
         params = [*encoder.parameters(), *heads.parameters()]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        batch = min(int(cfg.batch_size), len(self.dataset))
-        gen = torch.Generator().manual_seed(cfg.seed)
+        sampler = dist.train_sampler(len(self.dataset), cfg.seed)
+        batch = min(int(cfg.batch_size), len(sampler))
         loader = DataLoader(
             self.dataset,
             batch_size=batch,
-            shuffle=True,
+            sampler=sampler,
             drop_last=True,  # Barlow Twins needs full batches
             collate_fn=collate,
-            generator=torch.Generator().manual_seed(cfg.seed + 1),
         )
         flip = not bool(getattr(self.dataset, "spatial_text", False))
         was_training = self.model.training
@@ -296,33 +326,42 @@ class Pretrainer:
         heads.train()
         try:
             for epoch in range(1, int(cfg.epochs) + 1):
+                sampler.set_epoch(epoch)
                 t0 = time.perf_counter()
                 sums = np.zeros(3)
                 steps = 0
                 for items in loader:
-                    x = items["image"]
-                    v1 = _views(x, gen, cfg, flip).to(device)
-                    v2 = _views(x, gen, cfg, flip).to(device)
+                    x, idx = items["image"], items["index"]
+                    gens = _view_generators(cfg.seed, epoch, idx)
+                    v1 = _views(x, gens, cfg, flip).to(device)
+                    v2 = _views(x, gens, cfg, flip).to(device)
                     h1, h2 = _pooled(encoder, v1), _pooled(encoder, v2)
+                    rows = {"z1": heads.bt(h1), "z2": heads.bt(h2)}
+                    if use_text:
+                        rows.update(
+                            image=heads.image(h1),
+                            text=heads.text(text_emb[idx].to(device)),
+                            groups=groups[idx].to(device),
+                        )
+                    rows = gather_rows(rows)  # the global batch (itself on one process)
                     bt = cfg.bt_weight * barlow_twins_loss(
-                        heads.bt(h1), heads.bt(h2), cfg.off_diagonal_weight
+                        rows["z1"], rows["z2"], cfg.off_diagonal_weight
                     )
                     nce = bt * 0.0
                     if use_text:
-                        idx = items["index"]
                         nce = cfg.nce_weight * image_text_info_nce(
-                            heads.image(h1),
-                            heads.text(text_emb[idx].to(device)),
-                            groups[idx],
-                            cfg.temperature,
+                            rows["image"], rows["text"], rows["groups"], cfg.temperature
                         )
                     loss = bt + nce
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    dist.average_gradients(params)
                     opt.step()
                     sums += [float(loss.detach()), float(bt.detach()), float(nce.detach())]
                     steps += 1
-                mean = sums / max(steps, 1)
+                # every rank's losses are those of the global batch: the mean over all steps
+                *totals, all_steps = dist.all_reduce_sum([*sums.tolist(), float(steps)])
+                mean = np.asarray(totals) / max(all_steps, 1.0)
                 event = PretrainEpoch(
                     epoch=epoch,
                     epochs=int(cfg.epochs),
@@ -336,6 +375,8 @@ class Pretrainer:
                 self.history.append(dataclasses.asdict(event))
                 yield event
         finally:
+            dist.release(encoder)
+            dist.release(heads)
             self.model.train(was_training)
 
     def run(self) -> list[PretrainEpoch]:
@@ -343,7 +384,10 @@ class Pretrainer:
         return list(self.fit())
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model (pretrained encoder) as a checkpoint with the pretraining summary."""
+        """Write the model (pretrained encoder) as a checkpoint with the pretraining summary
+        (under torchrun: rank 0 writes it; every rank returns its path)."""
+        if not self.dist.is_main:
+            return Path(path)
         encoder_id = getattr(self.text_encoder, "id", None) if self.text_encoder else None
         uses_text = bool(getattr(self.model, "uses_text", False))
         meta = {

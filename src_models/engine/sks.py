@@ -10,6 +10,10 @@ has foreground, else 0). Images with none of these are left out.
 
     for epoch in train_classifier(model, train_set, ClassifierConfig(epochs=10)):
         print(epoch)          # ClassifierEpoch(epoch=1, loss=0.61, accuracy=0.7, n=40)
+
+Under torchrun every rank trains on its share of each epoch (``batch_size`` images per rank
+and step) with BatchNorm and the loss over the global batch and averaged gradients, so N ranks
+take the steps of one process with ``N * batch_size`` images; epochs come from rank 0.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from src_models.device import resolve_device
+from src_models.engine.distributed import Distributed
+from src_models.engine.sync import gather_rows
 
 __all__ = ["ClassifierConfig", "ClassifierEpoch", "image_labels", "train_classifier"]
 
@@ -88,8 +93,6 @@ def train_classifier(
         labels: ``[N]`` 1/0/-1 per item; default :func:`image_labels`.
         no_lesion: names known to show no lesion (used by the default labels).
     """
-    from src_models.data import collate
-
     cfg = config if config is not None else ClassifierConfig()
     y_all = image_labels(dataset, no_lesion) if labels is None else np.asarray(labels, np.int8)
     if len(y_all) != len(dataset):
@@ -102,37 +105,59 @@ def train_classifier(
     # balanced BCE: each class weighs half, however rare the "no lesion" images are
     pos_w = 0.5 * known.size / max(n_pos, 1)
     neg_w = 0.5 * known.size / max(n_neg, 1)
-    device = resolve_device(cfg.device)
+    dist = Distributed()
+    completed = False
+    with dist.failures():
+        try:
+            device = dist.setup(cfg.device)
+            for event in _train(model, dataset, cfg, known, y_all, (pos_w, neg_w), device, dist):
+                if dist.is_main:
+                    yield event
+            completed = True
+        finally:
+            dist.teardown(synchronize=completed)
+
+
+def _train(model, dataset, cfg, known, y_all, weights, device, dist) -> Iterator[ClassifierEpoch]:
+    from src_models.data import collate
+
+    pos_w, neg_w = weights
     labels_t = torch.as_tensor(y_all, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(int(cfg.seed))
+    sampler = dist.train_sampler(int(known.size), int(cfg.seed))
     loader = DataLoader(
         Subset(dataset, known.tolist()),
         batch_size=int(cfg.batch_size),
-        shuffle=True,
+        sampler=sampler,
         collate_fn=collate,
-        generator=generator,
     )
     was_training = model.training
     model.to(device)
     with model.classifier_training() as clf:
+        dist.wrap(clf)
         opt = torch.optim.Adam(clf.parameters(), lr=cfg.lr)
         try:
             for epoch in range(1, int(cfg.epochs) + 1):
+                sampler.set_epoch(epoch)
                 if hasattr(dataset, "set_epoch"):
                     dataset.set_epoch(epoch)
                 total, correct, seen = 0.0, 0, 0
                 for batch in loader:
                     image = batch["image"].to(device)
                     y = labels_t[batch["index"]].to(device)
-                    logits = clf(image)
+                    rows = gather_rows({"logits": clf(image), "y": y})  # the global batch
+                    logits, y = rows["logits"], rows["y"]
                     w = torch.where(y > 0.5, pos_w, neg_w)
                     loss = F.binary_cross_entropy_with_logits(logits.float(), y, weight=w)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    dist.average_gradients(clf.parameters())
                     opt.step()
-                    total += float(loss.detach()) * len(y)
-                    correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
-                    seen += len(y)
+                    # every rank holds the global batch: count it on rank 0 only
+                    if dist.is_main:
+                        total += float(loss.detach()) * len(y)
+                        correct += int(((logits.detach() > 0) == (y > 0.5)).sum())
+                        seen += len(y)
                 yield ClassifierEpoch(epoch, total / max(seen, 1), correct / max(seen, 1), seen)
         finally:
+            dist.release(clf)
             model.train(was_training)

@@ -17,7 +17,11 @@ Subclasses extend it through the hooks, e.g. a semi-supervised trainer overrides
 :meth:`Trainer.extra_state` / :meth:`Trainer.load_extra_state` so that its own state resumes
 exactly. A model with training-only objectives of its own exposes them as
 ``model.auxiliary_losses()`` (see :meth:`Trainer.model_losses`); they join the loss terms.
-Distributed training (torchrun) is handled here; models and losses never see it.
+Distributed training (torchrun) is handled here; models and losses never see it: with N ranks
+and batches of ``b`` every step is that of one process with batches of ``N * b`` (BatchNorm over
+the global batch, loss terms on every rank's rows: :meth:`Trainer.loss_rows`, gradients
+averaged), up to floating-point rounding and dropout (each rank draws its own masks). The
+epoch's items are padded to a multiple of N by the sampler when they do not divide.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from src_models.engine.events import (
     TrainingDone,
     ValidationEnd,
 )
+from src_models.engine.sync import gather_rows
 from src_models.losses import DiceBCELoss
 
 
@@ -222,25 +227,28 @@ class Trainer:
         return done
 
     def fit(self) -> Iterator[Event]:
-        """Train; yields events (on rank 0 only, except the final ``TrainingDone``)."""
+        """Train; yields events (on rank 0 only, except the final ``TrainingDone``). A rank of
+        a torchrun job that dies ends the others with a
+        :class:`~src_models.engine.distributed.RankLostError`."""
         self._fit_completed = False
-        try:
-            self.on_fit_start()
-            yield from self._emit([self._fit_start_event()])
-            while not (self.should_stop or self._stop_requested()):
-                self.on_epoch_start()
-                for batch in self.train_loader:
-                    losses = self.training_step(batch)
-                    yield from self._emit(self.on_batch_end(losses))
-                    if self._stop_requested():
-                        break
-                else:  # the epoch ran to its end
-                    yield from self._emit(self.on_train_epoch_end())
-                    yield from self._emit(self.validate())
-                    yield from self._emit(self.on_epoch_end())
-            self._fit_completed = True
-        finally:
-            self.on_fit_end()
+        with self.dist.failures():
+            try:
+                self.on_fit_start()
+                yield from self._emit([self._fit_start_event()])
+                while not (self.should_stop or self._stop_requested()):
+                    self.on_epoch_start()
+                    for batch in self.train_loader:
+                        losses = self.training_step(batch)
+                        yield from self._emit(self.on_batch_end(losses))
+                        if self._stop_requested():
+                            break
+                    else:  # the epoch ran to its end
+                        yield from self._emit(self.on_train_epoch_end())
+                        yield from self._emit(self.validate())
+                        yield from self._emit(self.on_epoch_end())
+                self._fit_completed = True
+            finally:
+                self.on_fit_end()
         done = self._done_event()
         for hook in self.hooks:
             hook.on_event(self, done)
@@ -278,9 +286,7 @@ class Trainer:
             _seed_everything(cfg.seed)
         raw.to(self.device)
         self.model = raw
-        self.ddp_model = self.dist.wrap(
-            raw, find_unused_parameters=bool(getattr(raw, "uses_text", False)) != self.use_text
-        )
+        self.ddp_model = self.dist.wrap(raw)  # the model itself; the name is historical
         self.optimizer, self.scheduler = self.configure_optimizers()
         use_scaler = self.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -403,7 +409,29 @@ class Trainer:
         holds the collated items on the device (``image``, ``mask``, ``text``, ``name``,
         ``index``, and ``text_tokens``/``text_mask`` in text runs).
         """
+        batch, logits = self.loss_rows(batch, logits)
         return self.supervised_terms(logits, self.targets(batch))
+
+    def loss_rows(
+        self, batch: dict[str, Any], logits: torch.Tensor
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """``(batch, logits)`` as loss terms normalised over the batch must see them: on N ranks
+        with every rank's rows (:func:`~src_models.engine.sync.gather_rows`: differentiable,
+        rank order), so that the class-balanced BCE or a mean over the labeled rows is that of
+        the global batch. Gathered: the logits and every tensor with one row per item except
+        the model inputs (``image``, ``text_tokens``, ``text_mask``), which stay this rank's,
+        as do lists (names, texts). Unchanged on one process. Terms that are means over images
+        (CLCC's) can use the local rows instead: averaging the gradients makes them global."""
+        b = int(logits.shape[0])
+        rows = {
+            k: v
+            for k, v in batch.items()
+            if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == b and k not in _MODEL_INPUTS
+        }
+        gathered = gather_rows({"logits": logits, **{f"batch.{k}": v for k, v in rows.items()}})
+        out = dict(batch)
+        out.update({k[len("batch.") :]: v for k, v in gathered.items() if k != "logits"})
+        return out, gathered["logits"]
 
     def supervised_terms(
         self, logits: torch.Tensor, target: torch.Tensor
@@ -450,6 +478,7 @@ class Trainer:
         terms.update(model_terms)
         total = sum(terms.values())
         self.scaler.scale(total).backward()
+        self.dist.average_gradients(self.model.parameters())
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -594,6 +623,7 @@ class Trainer:
     def on_fit_end(self) -> None:
         for hook in self.hooks:
             hook.on_fit_end(self)
+        self.dist.release(self.model)
         self.model.eval()
         # Ranks meet before leaving the group only after a normal end: after an error on one
         # rank the others would wait at that barrier for the collective timeout.
@@ -730,6 +760,10 @@ class Trainer:
             last_epoch=self.epoch,
             checkpoint=checkpoint,
         )
+
+
+#: Batch entries that stay on their rank in :meth:`Trainer.loss_rows` (the model's inputs).
+_MODEL_INPUTS = frozenset({"image", "text_tokens", "text_mask"})
 
 
 class _IndexedSampler(Sampler):

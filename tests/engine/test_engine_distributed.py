@@ -131,3 +131,22 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert r0["group_left"] and r1["group_left"]
     model, meta = load_checkpoint(out / "model.safetensors")  # written once, by rank 0
     assert meta["training"]["data"]["world_size"] == 2
+
+
+def test_sync_helpers_compute_the_global_batch(tmp_path):
+    """gather_rows (unequal and empty shares, ints, bools, gradients) and synchronised
+    BatchNorm (outputs, input and weight gradients, running statistics) on 2 ranks against the
+    one-process computation on the whole batch."""
+    from _torchrun import torchrun
+
+    proc = torchrun("primitives", tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in (0, 1):
+        rep = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert rep["gathered"] == 0 and rep["index"] == [0, 1, 2, 3, 4]
+        assert rep["bool"] == [False, False, True, True, True]
+        assert rep["empty"] == ([3, 3, 4, 4] if r == 1 else None)
+        assert rep["grad"] < 1e-6
+        for key in ("bn_out", "bn_grad_x", "bn_grad_w", "bn_running"):
+            assert rep[key] < 1e-5, (r, key, rep[key])
+        assert rep["released"]

@@ -58,7 +58,17 @@ trainer also adds CLCC's terms (``clcc_contrast`` during the first third of all 
 Restart: with ``TrainConfig.out`` set, ``<stem>.semi.json`` records finished rounds and the
 bank records its updates, so ``SemiTrainer(..., resume=True)`` continues with the next round (a
 round interrupted mid-way resumes exactly from its last epoch via the Trainer's own resume; a
-bank update interrupted mid-way is discarded and redone). Single process only (no torchrun).
+bank update interrupted mid-way is discarded and redone).
+
+Under ``torchrun --nproc_per_node=N`` (gloo on the CPU, NCCL on GPUs) every rank runs the same
+rounds: each round's steps are those of one process with N times the batch (BatchNorm and the
+loss over the global batch, gradients averaged: :mod:`src_models.engine.sync`), the pseudo-label
+pass is sharded over the ranks and gathered on rank 0, which alone writes the bank (the others
+open it read-only and reload it after each update), the checkpoints and ``.semi.json``; events
+come from rank 0. The bank folder, ``out`` and the data must be on a filesystem every rank
+sees. A rank that dies ends the others with a one-line
+:class:`~src_models.engine.distributed.RankLostError`; the files stay whole, and ``resume=True``
+continues.
 
 The modules: :mod:`~.config` (:class:`SemiConfig`), :mod:`~.events` (the round events,
 :func:`format_semi_event`), :mod:`~.data` (:func:`split_labeled`, the round datasets),

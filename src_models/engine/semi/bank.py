@@ -392,6 +392,13 @@ class PseudoLabelBank:
                 upd.add_empty(name, shape)
         return upd.change
 
+    def flush(self) -> None:
+        """Write the index now (a new bank's empty one too), so that readers in other processes
+        (the other ranks of a torchrun job, a viewer) can open the bank before its first
+        update."""
+        self._refuse_if_read_only()
+        self._write_index()
+
     def remove(self, names: Iterable[str]) -> None:
         """Forget the labels of ``names`` (e.g. images that got a real mask)."""
         gone = [n for n in names if n in self._index["images"]]

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from src_models.data import transforms as T
+from src_models.engine.distributed import DistEnv, Distributed
 from src_models.engine.evaluate import iter_probs
 from src_models.engine.semi.bank import PseudoLabelBank
 from src_models.engine.semi.data import _plain_collate, _PlainView, bank_keys
@@ -35,6 +36,7 @@ def update_bank(
     batch_size: int,
     no_lesion: Collection[str] = frozenset(),
     cancelled: Callable[[], bool] = lambda: False,
+    dist: Distributed | None = None,
 ) -> Generator[PseudoLabelProgress, None, float | None]:
     """Predict the ``unlabeled`` items of ``base`` and EPI-update the bank (a sub-generator:
     ``change = yield from update_bank(...)``, yielding :class:`PseudoLabelProgress`).
@@ -42,41 +44,78 @@ def update_bank(
     Images named in ``no_lesion`` get an all-zero label. Returns the mean absolute change
     (``nan`` on a bank's first update), or ``None`` if ``cancelled()`` became true (the bank
     then keeps its previous labels).
+
+    Under torchrun (``dist``, every rank calls this): the items go in steps of
+    ``batch_size * world_size``; in each step rank r predicts the r-th ``batch_size`` of them,
+    rank 0 gathers the maps and adds them in the items' order (so the bank is the one a single
+    process writes), and only rank 0 writes; after the commit the others reload the bank. A
+    cancel on any rank stops every rank.
     """
+    dist = dist if dist is not None else Distributed(DistEnv())
+    world, rank, main = dist.world_size, dist.rank, dist.is_main
     was_training = model.training
     model.to(device).eval()
+    keys = bank_keys(base)
+    order = [int(i) for i in unlabeled]
+    total = len(order)
+    step = int(batch_size) * world
+    update = bank.begin_update() if main else None
+    done = 0
+    try:
+        for start in range(0, total, step):
+            mine = order[start : start + step][rank * batch_size : (rank + 1) * batch_size]
+            maps = _predict(model, base, mine, device, text_encoder, use_text, amp)
+            for rank_maps in dist.gather_objects(maps) or []:
+                for index, prob in rank_maps:
+                    if base.names[index] in no_lesion:
+                        update.add_empty(keys[index], tuple(prob.shape[-2:]))
+                    else:
+                        update.add(keys[index], prob)
+            done = min(start + step, total)
+            yield PseudoLabelProgress(round=round_index, done=done, total=total)
+            if dist.any(cancelled()):
+                if update is not None:
+                    update.abort()
+                return None
+        change = update.commit() if update is not None else None
+        change = dist.broadcast_object(change)
+    except BaseException:
+        if update is not None:
+            update.abort()
+        raise
+    finally:
+        model.train(was_training)
+    dist.barrier()  # rank 0's index is written: the others read it
+    if not main:
+        bank.reload()
+    return float("nan") if change is None else change
+
+
+def _predict(
+    model: nn.Module,
+    base: Any,
+    indices: Sequence[int],
+    device: torch.device,
+    text_encoder: Any,
+    use_text: bool,
+    amp: bool,
+) -> list[tuple[int, np.ndarray]]:
+    """``(index, probability map [S, S] float32)`` for the items ``indices`` of ``base``, in
+    their order, predicted in one batch without augmentation."""
+    if not indices:
+        return []
     loader = DataLoader(
-        _PlainView(base, unlabeled),
-        batch_size=batch_size,
+        _PlainView(base, indices),
+        batch_size=len(indices),
         shuffle=False,
         num_workers=0,
         collate_fn=_plain_collate,
     )
-    update = bank.begin_update()
-    keys = bank_keys(base)
-    total = len(unlabeled)
-    done = 0
-    try:
-        for batch, probs in iter_probs(model, loader, device, text_encoder, use_text, amp):
-            for j, (name, index) in enumerate(
-                zip(batch["name"], batch["index"].tolist(), strict=True)
-            ):
-                if name in no_lesion:
-                    update.add_empty(keys[index], tuple(probs.shape[-2:]))
-                else:
-                    update.add(keys[index], probs[j, 0].cpu().numpy())
-            done += len(batch["name"])
-            yield PseudoLabelProgress(round=round_index, done=done, total=total)
-            if cancelled():
-                update.abort()
-                return None
-        change = update.commit()
-    except BaseException:
-        update.abort()
-        raise
-    finally:
-        model.train(was_training)
-    return float("nan") if change is None else change
+    out: list[tuple[int, np.ndarray]] = []
+    for batch, probs in iter_probs(model, loader, device, text_encoder, use_text, amp):
+        for j, index in enumerate(batch["index"].tolist()):
+            out.append((int(index), probs[j, 0].cpu().numpy()))
+    return out
 
 
 def missing_pseudo_labels(

@@ -89,6 +89,7 @@ class EPIRoundTrainer(Trainer):
         return sigmoid_rampup(position, self.semi.ramp_epochs)
 
     def compute_loss(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, logits = self.loss_rows(batch, logits)  # every rank's rows under torchrun
         target = self.targets(batch)
         has = batch.get("has_mask")
         if has is None or self.round_index == 0:
@@ -209,14 +210,23 @@ def round_trainer_class(
 
 def run_trainer(trainer: Trainer) -> Generator[Event, None, tuple[TrainingDone, dict[str, float]]]:
     """Run a round's trainer, passing its events on (``done, means = yield from ...``):
-    returns its ``TrainingDone`` and the means of its epochs' losses (:func:`mean_losses`)."""
-    epoch_rows: list[EpochEnd] = []
+    returns its ``TrainingDone`` and the means of the losses of the epochs it ran
+    (:func:`mean_losses`; read from its history, which every rank of a torchrun job has)."""
     done: TrainingDone | None = None
     for event in trainer.fit():
-        if isinstance(event, EpochEnd):
-            epoch_rows.append(event)
         if isinstance(event, TrainingDone):
             done = event
         yield event
     assert done is not None
-    return done, mean_losses(epoch_rows)
+    ran = trainer.history[len(trainer.history) - trainer.epochs_run :] if trainer.epochs_run else []
+    rows = [
+        EpochEnd(
+            epoch=h["epoch"],
+            train_loss=h["train_loss"],
+            losses=h["losses"],
+            lr=h["lr"],
+            seconds=h["seconds"],
+        )
+        for h in ran
+    ]
+    return done, mean_losses(rows)

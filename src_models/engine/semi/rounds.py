@@ -7,6 +7,11 @@ bank, the LV references, the round's items), a ``RoundStart``, one
 :meth:`~SemiTrainer._end_round` (carry and best weights, history, ``.semi.json``) and a
 ``RoundEnd``; at the end :meth:`~SemiTrainer._close` and a ``SemiDone``. See
 :mod:`src_models.engine.semi` for the method.
+
+Under torchrun every rank runs this same loop: the run joins the process group once (the round
+trainers share it), the pseudo-label pass is sharded (:func:`~.pseudo.update_bank`), rank 0
+alone writes the bank, the checkpoints and ``.semi.json`` while the others wait at a barrier and
+read them, and events come from rank 0 only (every rank gets the ``SemiDone``).
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from src_models.device import resolve_device
 from src_models.engine.callbacks import KeepBest, cpu_state_dict
 from src_models.engine.checkpoint import (
     CheckpointError,
     load_weights_into,
     save_checkpoint,
 )
+from src_models.engine.distributed import Distributed
 from src_models.engine.evaluate import resolve_use_text
 from src_models.engine.events import Event, TrainingDone
 from src_models.engine.semi.bank import PseudoLabelBank
@@ -118,6 +123,8 @@ class SemiTrainer:
         self._best_state: dict[str, torch.Tensor] | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._plan = (self.config.epochs, self.config.epochs, int(self.semi.rounds))
+        self._temporary_bank = False
+        self.dist = Distributed()
 
     # ------------------------------------------------------------------ public
 
@@ -154,19 +161,29 @@ class SemiTrainer:
         return RunFiles(self.config.out)
 
     def fit(self) -> Iterator[Event | SemiEvent]:
-        """Run the rounds; yields round events, bank progress and every trainer event."""
+        """Run the rounds; yields round events, bank progress and every trainer event (under
+        torchrun on rank 0 only; every rank gets the final ``SemiDone``). A rank that dies ends
+        the others with a :class:`~src_models.engine.distributed.RankLostError`."""
+        with self.dist.failures():
+            for event in self._fit():
+                if self.dist.is_main or isinstance(event, SemiDone):
+                    yield event
+
+    def _fit(self) -> Iterator[Event | SemiEvent]:
         run = self._start()
+        completed = False
         try:
             run.next_round = int(run.state["next_round"])
             if self.resume:
                 self._restore_carry(run.next_round)
             while run.next_round <= run.last_round and not run.cancelled:
-                if self._cancel.is_set():
+                if self.dist.any(self._cancel.is_set()):
                     run.cancelled = True
                 else:
                     yield from self._round(run)
+            completed = True
         finally:
-            pseudo_dir = self._close(run)
+            pseudo_dir = self._close(run, completed)
         yield SemiDone(
             rounds_run=run.rounds_run,
             best_dice=self.best_dice,
@@ -190,7 +207,7 @@ class SemiTrainer:
             warnings.warn(
                 f"no_lesion names not in the training set: {sorted(unknown)[:5]}", stacklevel=3
             )
-        device = resolve_device(cfg.device)
+        device = self.dist.setup(cfg.device)
         use_text = resolve_use_text(self.model, self.text_encoder, cfg.use_text)
         amp = bool(cfg.amp and device.type == "cuda")
         self.bank = self._open_bank()
@@ -240,6 +257,7 @@ class SemiTrainer:
             trainer.cancel()
         done, means = yield from run_trainer(trainer)
         self.trainer = None
+        self.dist.barrier()  # rank 0 has written the round's checkpoints: others may read them
         if done.cancelled:
             run.cancelled = True
             loss = means.pop("loss", float("nan"))
@@ -270,6 +288,7 @@ class SemiTrainer:
                 batch_size=self.semi.predict_batch_size,
                 no_lesion=self.no_lesion,
                 cancelled=self._cancel.is_set,
+                dist=self.dist,
             )
             if change is None:
                 return False
@@ -326,7 +345,8 @@ class SemiTrainer:
         run.rounds_run += 1
         run.advance()
         self._save_state(run.state)
-        self.files.remove_round(r - 1)
+        if self.dist.is_main:
+            self.files.remove_round(r - 1)
         return self._round_end(
             run,
             rnd,
@@ -351,11 +371,15 @@ class SemiTrainer:
             **kw,
         )
 
-    def _close(self, run: RunState) -> str | None:
+    def _close(self, run: RunState, completed: bool = False) -> str | None:
         """After the rounds (also on errors): remove the round files unless kept, leave the best
-        model in ``model``, drop a temporary bank. Returns the bank folder if it stays."""
+        model in ``model``, drop a temporary bank, leave the process group (after a barrier
+        if the run ``completed``: after an error a peer may never come). Returns the bank
+        folder if it stays."""
         self.trainer = None
-        if not self.semi.keep_files:
+        if completed:
+            self.dist.barrier()  # nobody reads the round files or the bank any more
+        if not self.semi.keep_files and self.dist.is_main:
             for k in range(run.last_round + 1):
                 self.files.remove_round(k)
         if self._best_state is not None:  # the best model over all rounds ends in ``model``
@@ -365,10 +389,12 @@ class SemiTrainer:
                 load_weights_into(self.model, self.config.out)
         self.model.eval()
         pseudo_dir = str(self.bank.folder) if self.bank is not None else None
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
+        if self._temporary_bank:  # (rank 0's folder: only rank 0 removes it)
+            if self._tmpdir is not None:
+                self._tmpdir.cleanup()
             self._tmpdir = None
             pseudo_dir = None
+        self.dist.teardown(synchronize=False)  # the barrier above, if any, was the meeting
         return pseudo_dir
 
     # ------------------------------------------------------------------ pieces
@@ -378,17 +404,29 @@ class SemiTrainer:
         return out if out and Path(out).is_file() else None
 
     def _open_bank(self) -> PseudoLabelBank:
+        """The bank: rank 0 opens it (sweeping an interrupted update's files) and writes its
+        index; then the other ranks open it read-only (a temporary folder is rank 0's)."""
         semi = self.semi
         folder = self.files.bank_folder(semi.pseudo_dir, getattr(self.train_set, "root", None))
+        self._temporary_bank = folder is None
         if folder is None:
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="lvit-pseudo-")
-            folder = Path(self._tmpdir.name)
-        return PseudoLabelBank(
-            folder, semi.beta, semi.schedule, semi.bank_dtype, fsync=semi.bank_fsync
-        )
+            if self.dist.is_main:
+                self._tmpdir = tempfile.TemporaryDirectory(prefix="lvit-pseudo-")
+                folder = self._tmpdir.name
+            folder = Path(self.dist.broadcast_object(None if folder is None else str(folder)))
+        bank = None
+        if self.dist.is_main:
+            bank = PseudoLabelBank(
+                folder, semi.beta, semi.schedule, semi.bank_dtype, fsync=semi.bank_fsync
+            )
+            bank.flush()
+        self.dist.barrier()
+        if bank is None:
+            bank = PseudoLabelBank(folder, semi.beta, semi.schedule, read_only=True)
+        return bank
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        if self.config.out is None or not self.semi.keep_files:
+        if self.config.out is None or not self.semi.keep_files or not self.dist.is_main:
             return
         data = dict(state)
         data.update(
@@ -448,7 +486,7 @@ class SemiTrainer:
             self.best_dice = dice if has_val else None
             self.best_round = r
             self._best_state = cpu_state_dict(model)
-            if self.config.out is not None:
+            if self.config.out is not None and self.dist.is_main:
                 meta = trainer.best_of_rounds_meta(
                     dice,
                     has_val,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
 
@@ -28,8 +30,26 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on the CPU."""
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with bf16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo.
+
+    Elsewhere bf16 arithmetic is emulated and slower than float32, so it is never used.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(
+    device: torch.device, enabled: bool = True, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA when ``enabled`` (bf16 where supported, else fp16); on the CPU
+    full precision unless ``cpu_bf16`` (bf16 autocast, only with :func:`cpu_has_native_bf16`)."""
+    if device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16():
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

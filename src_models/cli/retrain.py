@@ -102,6 +102,7 @@ def _error_event(exc: Exception) -> dict:
 def _run_retrain(args, emit) -> int:
     import signal
 
+    from src_models.engine.distributed import detect_env
     from src_models.project.retrain import (
         RetrainDone,
         RetrainRoundEnd,
@@ -110,6 +111,9 @@ def _run_retrain(args, emit) -> int:
         retrain,
     )
 
+    say = print
+    if not detect_env().is_main:  # under torchrun rank 0 alone reports (and records)
+        emit = say = lambda *args, **kwargs: None
     try:
         run = retrain(args.project, config=retrain_config(args))
     except Exception as exc:
@@ -130,7 +134,7 @@ def _run_retrain(args, emit) -> int:
             if args.jsonl:
                 emit(event_to_dict(event))
             elif type(event).__name__ != "BatchEnd":
-                print(format_retrain_event(event), flush=True)
+                say(format_retrain_event(event), flush=True)
     except Exception as exc:
         emit(_error_event(exc))
         raise

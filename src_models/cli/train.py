@@ -24,6 +24,12 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="train in bf16 mixed precision on a CPU with bf16 instructions (AVX512-BF16, AMX): "
+        "about 0.6x the float32 step time there; ignored on other CPUs and on CUDA",
+    )
+    p.add_argument(
         "--resume",
         help="checkpoint to continue from ('default': the shipped model); one without its "
         "training state (.train_state.pt) starts a new run from its weights (fine-tuning)",
@@ -265,6 +271,7 @@ def _train_recipe(args):
         seed=args.seed,
         device=args.device,
         use_text=not args.no_text,
+        cpu_bf16=args.cpu_bf16,
         out=args.out,
     )
     return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)

@@ -161,7 +161,7 @@ class CLCCMixin:
         if text is not None:
             text = text[rows].repeat_interleave(n * n, dim=0)
             mask = None if mask is None else mask[rows].repeat_interleave(n * n, dim=0)
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp, cpu_bf16=self.cpu_bf16):
             if phase == "contrast":
                 with torch.no_grad():  # stop-gradient on the patch side
                     _, patch_feats = logits_and_features(self.ddp_model, patches, text, mask)

@@ -44,6 +44,10 @@ from src_models.errors import UserError
 #: Gradients are all-reduced in flat buckets of at most this many elements.
 BUCKET_ELEMENTS = 1 << 24
 
+#: Set once this process knows that its job is ending (a peer stopped): the launcher's SIGTERM
+#: that follows must not interrupt the clean-up that keeps files and records whole.
+_ENDING = threading.Event()
+
 
 class RankLostError(UserError):
     """Another process of this torchrun job stopped (killed, crashed, out of memory), so this
@@ -297,9 +301,11 @@ class Distributed:
         try:
             yield
         except RankLostError:
+            _ENDING.set()
             raise
         except Exception as exc:
             if self.env.is_distributed and is_peer_failure(exc):
+                _ENDING.set()
                 raise RankLostError(
                     f"rank {self.rank} of {self.world_size}: another process of this torchrun "
                     "job stopped (killed or crashed), so the job ends"
@@ -314,11 +320,15 @@ class Distributed:
         rank, world = self.rank, self.world_size
 
         def stop(signum, frame):
+            if _ENDING.is_set():  # already ending: let the clean-up finish
+                return
+            _ENDING.set()
             raise RankLostError(
                 f"rank {rank} of {world} was stopped by the launcher (SIGTERM), which torchrun "
                 "does when another process of the job ended"
             )
 
+        _ENDING.clear()
         self._old_sigterm = signal.signal(signal.SIGTERM, stop)
 
     def _restore_sigterm(self) -> None:

@@ -25,6 +25,11 @@ removed; a round whose process was killed stays ``running`` until the next retra
 :func:`recover_stale_rounds`) records it as ``failed``. One retraining at a time per project
 (an OS file lock, released by the kernel even on SIGKILL).
 
+Under ``torchrun`` (a project on a filesystem every rank sees) the ranks train each round
+together (:mod:`src_models.engine.distributed`); rank 0 alone holds the lock, records the
+rounds, writes the files and prints, and tells the others the round's id, items and outcome.
+A rank that dies fails the round with one clear message; the project stays as it was.
+
 The pieces, all importable from here: :mod:`.retrain_config` (:class:`RetrainConfig`, its JSON
 and command-line form), :mod:`.retrain_events` (the events, ``event_to_dict``),
 :mod:`.project_dataset` (``ProjectDataset``, ``split_validation``), :mod:`.retrain_round` (a
@@ -42,6 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from src_models.engine.distributed import Distributed
 from src_models.engine.recipe import build_trainer, sks_stage1
 from src_models.model_source import AUTO_IMG_SIZE, AUTO_MODEL
 
@@ -66,7 +72,15 @@ from .retrain_files import (
     remove_round_files,
     round_paths,
 )
-from .retrain_round import FitLog, RoundPlan, plan_round, round_recipe, validation_dice, worse
+from .retrain_round import (
+    PLAN_META_KEYS,
+    FitLog,
+    RoundPlan,
+    plan_round,
+    round_recipe,
+    validation_dice,
+    worse,
+)
 from .retrain_start import probe_starts, start_candidates
 from .store import Project
 
@@ -133,18 +147,21 @@ class RetrainRun:
 
     def _run(self) -> Iterator[Any]:
         cfg = self.config
+        self._dist = dist = Distributed()
+        dist.setup(cfg.device)  # joins a torchrun job's process group; nothing on one process
         own = not isinstance(self._project_arg, Project)
-        project = Project.open(self._project_arg) if own else self._project_arg
-        lock = ProjectLock(project)
-        threads_before = None
         try:
-            if not project.labeled():  # before the lock: a refused run changes nothing
-                raise RetrainError("nothing to learn from: commit at least one correction first")
-            if not lock.acquire():
-                raise RetrainError(
-                    f"another retraining is running on the project '{project.folder}'"
-                )
-            fail_running(project)  # rounds of processes that died
+            project = Project.open(self._project_arg) if own else self._project_arg
+        except BaseException:
+            dist.teardown(synchronize=False)
+            raise
+        lock = ProjectLock(project) if dist.is_main else None
+        threads_before = None
+        clean = False  # ended as planned (done or cancelled): every rank is at the same point
+        try:
+            refusal = dist.broadcast_object(self._refusal(project, lock) if lock else None)
+            if refusal is not None:
+                raise RetrainError(refusal)
             if cfg.num_threads:
                 import torch
 
@@ -153,7 +170,7 @@ class RetrainRun:
             done = 0
             status = "done"
             for index in range(1, cfg.rounds + 1):
-                if self._cancel.is_set():
+                if dist.any(self._cancel.is_set()):
                     status = "cancelled"
                     break
                 end = None
@@ -167,14 +184,28 @@ class RetrainRun:
                 done += 1
             current = project.current_checkpoint
             yield RetrainDone(status, done, str(current) if current else None)
+            clean = status != "failed"
         finally:
             if threads_before is not None:
                 import torch
 
                 torch.set_num_threads(threads_before)
-            lock.release()
+            if lock is not None:
+                lock.release()
             if own:
                 project.close()
+            # after a failure a peer may be gone or stuck in a collective: no last barrier
+            dist.teardown(synchronize=clean)
+
+    @staticmethod
+    def _refusal(project: Project, lock: ProjectLock) -> str | None:
+        """Why this run cannot start (nothing changed then), or None once it holds the lock."""
+        if not project.labeled():  # before the lock: a refused run changes nothing
+            return "nothing to learn from: commit at least one correction first"
+        if not lock.acquire():
+            return f"another retraining is running on the project '{project.folder}'"
+        fail_running(project)  # rounds of processes that died
+        return None
 
     def _set_trainer(self, trainer: Any) -> None:
         """The trainer a cancel reaches (``None``: none running)."""
@@ -183,9 +214,18 @@ class RetrainRun:
             trainer.cancel()
 
     def _round(self, project: Project, index: int) -> Iterator[Any]:
-        labeled = project.labeled()
-        unlabeled = project.unlabeled()
-        round_id = project.start_round(len(labeled), len(unlabeled))
+        dist = self._dist
+        shared = None
+        if dist.is_main:
+            labeled = project.labeled()
+            unlabeled = project.unlabeled()
+            round_id = project.start_round(len(labeled), len(unlabeled))
+            meta = {k: project.get_meta(k) for k in PLAN_META_KEYS}
+            shared = (round_id, labeled, unlabeled, meta)
+        round_id, labeled, unlabeled, meta = dist.broadcast_object(shared)
+        if not dist.is_main:
+            yield from self._follow(RankView(project, meta), index, round_id, labeled, unlabeled)
+            return
         work, final = round_paths(project, round_id)
         metrics: dict[str, Any] = {
             "pid": os.getpid(),
@@ -204,6 +244,7 @@ class RetrainRun:
                 project.finish_round(round_id, "cancelled", metrics=metrics)
                 finished = True
                 remove_round_files(project, round_id)
+                dist.broadcast_object("cancelled")
                 yield RetrainRoundEnd(round_id, index, "cancelled", None, metrics)
                 return
             if not work.is_file():
@@ -218,6 +259,7 @@ class RetrainRun:
             )
             finished = True
             remove_round_files(project, round_id)  # work leftovers only
+            dist.broadcast_object("done")  # after the round is recorded: the next one reads it
             yield RetrainRoundEnd(round_id, index, "done", str(final), metrics, current=current)
         except GeneratorExit:
             if not finished:
@@ -241,6 +283,21 @@ class RetrainRun:
             if not isinstance(exc, Exception):
                 raise
             yield RetrainRoundEnd(round_id, index, "failed", None, metrics, error=message)
+
+    def _follow(
+        self,
+        view: RankView,
+        index: int,
+        round_id: int,
+        labeled: list[TrainingItem],
+        unlabeled: list[TrainingItem],
+    ) -> Iterator[Any]:
+        """A round on a rank other than 0: the same training, rank 0's outcome."""
+        work, _ = round_paths(view, round_id)
+        metrics: dict[str, Any] = {"epochs": []}
+        yield from self._train(view, round_id, index, labeled, unlabeled, work, metrics)
+        status = self._dist.broadcast_object(None)
+        yield RetrainRoundEnd(round_id, index, status, None, metrics)
 
     def _train(
         self,
@@ -293,6 +350,31 @@ class RetrainRun:
             elif budget.spent(event):
                 metrics["stopped_at_time_budget"] = True
         self._trainer = None
+
+
+class RankView:
+    """The project as a rank other than 0 of a torchrun job sees it: it reads the files and
+    the database like rank 0 and writes nothing (rank 0 records everything). ``meta``: the
+    values of :data:`PLAN_META_KEYS` when rank 0 began the round (it rewrites them while
+    planning, maybe before this rank reads them)."""
+
+    def __init__(self, project: Project, meta: dict[str, Any]) -> None:
+        self._project = project
+        self._meta = meta
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._project, name)
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        if key in self._meta:
+            return default if self._meta[key] is None else self._meta[key]
+        return self._project.get_meta(key, default)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        pass
+
+    def update_round(self, round_id: int, metrics: dict[str, Any]) -> None:
+        pass
 
 
 class TimeBudget:

@@ -38,6 +38,7 @@ from .retrain_sizing import (
 from .store import Project
 
 __all__ = [
+    "PLAN_META_KEYS",
     "FitLog",
     "RoundPlan",
     "RoundSamples",
@@ -160,7 +161,11 @@ def _base_model(project: Project, cfg: RetrainConfig) -> tuple[OpenedModel, str]
     if current is not None and current.is_file():
         opened = open_model(current, kinds=("checkpoint",))
     else:
-        opened = open_model(cfg.model, text_encoder=cfg.text_encoder, img_size=cfg.img_size)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # a new model starts alike in every run with this seed
+            opened = open_model(cfg.model, text_encoder=cfg.text_encoder, img_size=cfg.img_size)
     if opened.new:
         name, size = opened.meta["model_name"], int(opened.model.img_size)
         return opened, f"{name} (new, {size} px)"
@@ -213,6 +218,10 @@ def _samples(
     return RoundSamples(labeled, unlabeled, skipped, use_semi, train, val, val_on)
 
 
+#: The project meta a round's plan reads and then rewrites (the working resolution).
+PLAN_META_KEYS = ("working_resolution", "resolution_from_n")
+
+
 def plan_round(
     project: Project,
     cfg: RetrainConfig,
@@ -239,7 +248,7 @@ def plan_round(
     shapes = [tuple(it.image.shape[-2:]) for it in samples.labeled]
     masks = [it.load_mask() for it in samples.labeled]
     texts = [it.text or "" for it in samples.labeled]
-    kept, kept_from = (project.get_meta(k) for k in ("working_resolution", "resolution_from_n"))
+    kept, kept_from = (project.get_meta(k) for k in PLAN_META_KEYS)
     res, how = choose_round_resolution(cfg, shapes, masks, texts, size, kept, kept_from)
     project.set_meta("working_resolution", res.to_dict())
     if how in ("chosen", "kept"):  # the evidence was weighed at this many labelled images

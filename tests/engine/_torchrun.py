@@ -335,7 +335,28 @@ def logged_cli(log_dir: str, *argv: str) -> None:
         batch.write_mask, batch._write_nifti = originals
 
 
-JOBS = {f.__name__: f for f in (epi, cli, logged_cli, clcc, pretrain, sks, primitives)}
+def cli_killed_at_step(step: str, *argv: str) -> None:
+    """``napari-lvit ARGV...``; rank 1 SIGKILLs itself at the start of its ``step``-th training
+    step (counted over the whole job, 1-based)."""
+    from src_models.engine import Trainer
+
+    if _rank() == 1:
+        original, calls = Trainer.training_step, [0]
+
+        def training_step(self, batch):
+            calls[0] += 1
+            if calls[0] == int(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, batch)
+
+        Trainer.training_step = training_step
+    cli("", "", *argv)
+
+
+JOBS = {
+    f.__name__: f
+    for f in (epi, cli, logged_cli, cli_killed_at_step, clcc, pretrain, sks, primitives)
+}
 
 
 # --------------------------------------------------------------------------- launching

@@ -236,3 +236,28 @@ def test_one_epoch_with_the_real_text_encoder(splits, text_encoder, tmp_path):
     done = Trainer(_model(), train_set, val_set, text_encoder, cfg).run()
     assert done.epochs_run == 1 and done.best_dice is not None
     assert read_checkpoint_meta(out)["text_encoder"] == text_encoder.id
+
+
+def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it_and_saves_float32(
+    splits, fake_encoder, tmp_path
+):
+    from src_models.device import cpu_has_native_bf16
+
+    train_set, val_set = _datasets(splits)
+    out = tmp_path / "bf16.safetensors"
+    model = _model()
+    seen: list[torch.dtype] = []
+    model.decoder.head.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype) if m.training else None
+    )
+    cfg = TrainConfig(epochs=6, lr=3e-3, min_lr=1e-3, device="cpu", out=out, cpu_bf16=True)
+    events = list(Trainer(model, train_set, val_set, fake_encoder, cfg).fit())
+
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert seen and set(seen) == {expected}
+    losses = [e.train_loss for e in events if isinstance(e, EpochEnd)]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.8 * losses[0], losses
+    # the weights stay float32: the checkpoint loads and predicts like any other
+    loaded, _ = load_checkpoint(out)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert evaluate(loaded, val_set, fake_encoder, device="cpu")["n"] == 8

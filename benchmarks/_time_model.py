@@ -47,11 +47,15 @@ def _inputs(model, batch: int, gen: torch.Generator):
     return image, (text if model.uses_text else None)
 
 
-def time_model(model, repeats: int, cpu_bf16: bool = False) -> dict:
+def time_model(model, repeats: int, cpu_bf16: bool = False, compiled: bool = False) -> dict:
     """Median forward (batch 1, eval, no_grad) and training step (batch 2: forward, 0.5 Dice +
     0.5 BCE, backward, Adam step) in seconds, with every repeat; ``cpu_bf16``: both under
-    ``torch.autocast("cpu", bfloat16)``."""
+    ``torch.autocast("cpu", bfloat16)``; ``compiled``: the model under ``torch.compile`` (the
+    compilation happens in the warm-up and is timed apart, ``compile_s``)."""
     gen = torch.Generator().manual_seed(0)
+    compile_s = 0.0
+    if compiled:
+        model = torch.compile(model)
     precision = (
         torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else contextlib.nullcontext()
     )
@@ -62,6 +66,10 @@ def time_model(model, repeats: int, cpu_bf16: bool = False) -> dict:
         with torch.no_grad(), precision:
             model(image, text)
 
+    if compiled:
+        t0 = time.perf_counter()
+        forward()
+        compile_s += time.perf_counter() - t0
     fwd = _time(forward, repeats)
 
     model.train()
@@ -76,8 +84,13 @@ def time_model(model, repeats: int, cpu_bf16: bool = False) -> dict:
         _loss(logits, target).backward()
         opt.step()
 
+    if compiled:
+        t0 = time.perf_counter()
+        step()
+        compile_s += time.perf_counter() - t0
     train = _time(step, repeats)
     return {
+        "compile_s": compile_s,
         "forward_s": statistics.median(fwd),
         "forward_all_s": fwd,
         "train_step_s": statistics.median(train),
@@ -92,6 +105,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu-bf16", action="store_true")
+    p.add_argument("--compile", action="store_true")
     args = p.parse_args()
     sys.path.insert(0, args.root)
     import src_models
@@ -99,7 +113,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    row = time_model(create_model(args.model), args.repeats, args.cpu_bf16)
+    row = time_model(create_model(args.model), args.repeats, args.cpu_bf16, args.compile)
     print(json.dumps(row | {"src_models": src_models.__file__}))
 
 

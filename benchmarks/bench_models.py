@@ -3,7 +3,8 @@
 For each model: parameters, GMAC of one forward pass on a batch of one (at the model's own
 img_size), median forward latency (batch 1, eval, no_grad) and median training-step latency
 (batch 2: forward, 0.5 Dice + 0.5 BCE, backward, Adam step). ``--cpu-bf16`` adds rows under
-bf16 autocast (what ``train --cpu-bf16`` uses). Prints a table and writes JSON.
+bf16 autocast (what ``train --cpu-bf16`` uses), ``--compile`` rows under ``torch.compile`` (its
+compile time apart, in the JSON). Prints a table and writes JSON.
 
     python -m benchmarks.bench_models --models lvit_t lvit_s unet unet_s --repeats 5
 
@@ -23,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,16 +41,32 @@ WORKER = Path(__file__).resolve().parent / "_time_model.py"
 REFERENCE = {"model": "official LViT-T", "forward_s": 0.27, "train_step_s": 1.6}
 
 
-def bench_model(name: str, repeats: int, cpu_bf16: bool = False) -> dict:
+@dataclass(frozen=True)
+class Mode:
+    """How a model is timed: float32 or bf16 autocast, eager or ``torch.compile``."""
+
+    cpu_bf16: bool = False
+    compiled: bool = False
+
+    @property
+    def label(self) -> str:
+        return ("bf16" if self.cpu_bf16 else "fp32") + ("+compile" if self.compiled else "")
+
+    @property
+    def flags(self) -> list[str]:
+        return ["--cpu-bf16"] * self.cpu_bf16 + ["--compile"] * self.compiled
+
+
+def bench_model(name: str, repeats: int, mode: Mode = Mode()) -> dict:
     torch.manual_seed(0)
     model = create_model(name)
-    return _describe(name, model, cpu_bf16) | time_model(model, repeats, cpu_bf16)
+    return _describe(name, model, mode) | time_model(model, repeats, mode.cpu_bf16, mode.compiled)
 
 
-def _describe(name: str, model, cpu_bf16: bool) -> dict:
+def _describe(name: str, model, mode: Mode) -> dict:
     return {
         "model": name,
-        "precision": "bf16" if cpu_bf16 else "fp32",
+        "precision": mode.label,
         "img_size": model.img_size,
         "text_dim": model.text_dim,
         "text_len": model.config.text_len,
@@ -57,25 +75,24 @@ def _describe(name: str, model, cpu_bf16: bool) -> dict:
     }
 
 
-def _worker(root: Path, name: str, repeats: int, threads: int, cpu_bf16: bool) -> dict:
+def _worker(root: Path, name: str, repeats: int, threads: int, mode: Mode) -> dict:
     cmd = [sys.executable, str(WORKER), "--root", str(root), "--model", name]
-    cmd += ["--repeats", str(repeats), "--threads", str(threads)]
-    cmd += ["--cpu-bf16"] if cpu_bf16 else []
+    cmd += ["--repeats", str(repeats), "--threads", str(threads), *mode.flags]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"timing {name} in {root} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_against(name: str, other: Path, args, cpu_bf16: bool) -> list[dict]:
+def bench_against(name: str, other: Path, args, mode: Mode) -> list[dict]:
     """Rows for this tree and ``other``, timed in alternating fresh processes."""
     trees = {"this": ROOT, "other": other.resolve()}
     runs: dict[str, list[dict]] = {k: [] for k in trees}
     for _ in range(args.rounds):
         for key, root in trees.items():
-            runs[key].append(_worker(root, name, args.repeats, args.threads, cpu_bf16))
+            runs[key].append(_worker(root, name, args.repeats, args.threads, mode))
     torch.manual_seed(0)
-    info = _describe(name, create_model(name), cpu_bf16)
+    info = _describe(name, create_model(name), mode)
     rows = []
     for key, root in trees.items():
         fwd = [t for r in runs[key] for t in r["forward_all_s"]]
@@ -90,6 +107,7 @@ def bench_against(name: str, other: Path, args, cpu_bf16: bool) -> list[dict]:
                 "forward_all_s": fwd,
                 "train_step_s": statistics.median(step),
                 "train_step_all_s": step,
+                "compile_s": statistics.median(r["compile_s"] for r in runs[key]),
             }
         )
     return rows
@@ -104,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-bf16", action="store_true", help="add rows under bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="add rows under torch.compile")
     parser.add_argument("--against", type=Path, help="another checkout to time side by side")
     parser.add_argument("--rounds", type=int, default=5, help="with --against: alternations")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/models.json"))
@@ -114,17 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     head = header("benchmarks.bench_models", argv)
     names = args.models or list_models()
+    modes = [Mode()] + [Mode(cpu_bf16=True)] * args.cpu_bf16 + [Mode(compiled=True)] * args.compile
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
     columns = f"{'model':<12}{'prec':>5}{'img':>5}{'params (M)':>12}{'GMAC':>9}"
     columns += f"{'fwd b1 (ms)':>13}{'step b2 (ms)':>14}"
     print(columns + ("  tree" if args.against else ""))
     for name in names:
-        for cpu_bf16 in (False, True) if args.cpu_bf16 else (False,):
+        for mode in modes:
             if args.against is None:
-                batch = [bench_model(name, args.repeats, cpu_bf16)]
+                batch = [bench_model(name, args.repeats, mode)]
             else:
-                batch = bench_against(name, args.against, args, cpu_bf16)
+                batch = bench_against(name, args.against, args, mode)
             for r in batch:
                 rows.append(r)
                 print(

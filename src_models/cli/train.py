@@ -30,6 +30,11 @@ def _add_train(sub) -> None:
         "about 0.6x the float32 step time there; ignored on other CPUs and on CUDA",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for training (its first steps compile, for minutes)",
+    )
+    p.add_argument(
         "--resume",
         help="checkpoint to continue from ('default': the shipped model); one without its "
         "training state (.train_state.pt) starts a new run from its weights (fine-tuning)",
@@ -272,6 +277,7 @@ def _train_recipe(args):
         device=args.device,
         use_text=not args.no_text,
         cpu_bf16=args.cpu_bf16,
+        compile=args.compile,
         out=args.out,
     )
     return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)

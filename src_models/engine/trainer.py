@@ -101,6 +101,9 @@ class TrainConfig:
     # bf16 autocast on a CPU with bf16 instructions (AVX512-BF16/AMX), ignored elsewhere: lvit_t's
     # training step takes ~0.6x the float32 time there. Off by default (float32 figures).
     cpu_bf16: bool = False
+    # torch.compile the model that training steps run (the first steps then take minutes to
+    # compile); the checkpoints are the plain model's
+    compile: bool = False
     threshold: float = 0.5
     log_every: int = 1  # a BatchEnd event every n optimizer steps (and at each epoch's end)
     out: str | None = None
@@ -291,6 +294,8 @@ class Trainer:
         raw.to(self.device)
         self.model = raw
         self.ddp_model = self.dist.wrap(raw)  # the model itself; the name is historical
+        if cfg.compile:
+            self.ddp_model = torch.compile(self.ddp_model)
         self.optimizer, self.scheduler = self.configure_optimizers()
         use_scaler = self.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)

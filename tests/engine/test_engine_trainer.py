@@ -261,3 +261,29 @@ def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it_and_saves_float32(
     loaded, _ = load_checkpoint(out)
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     assert evaluate(loaded, val_set, fake_encoder, device="cpu")["n"] == 8
+
+
+def test_compile_trains_the_compiled_model_and_saves_the_plain_one(
+    splits, fake_encoder, tmp_path, monkeypatch
+):
+    # dynamo's "eager" backend: the same graph capture as the default, without its minutes of
+    # code generation on the CPU
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_eagerly(model, **kwargs):
+        compiled.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    train_set, val_set = _datasets(splits)
+    out = tmp_path / "compiled.safetensors"
+    model = _model()
+    cfg = TrainConfig(epochs=2, lr=3e-3, device="cpu", out=out, compile=True, save_last=False)
+    trainer = Trainer(model, train_set, val_set, fake_encoder, cfg)
+    events = list(trainer.fit())
+
+    assert compiled == [model] and trainer.ddp_model is not model
+    assert isinstance(events[-1], TrainingDone) and events[-1].epochs_run == 2
+    loaded, _ = load_checkpoint(out)
+    assert set(loaded.state_dict()) == set(model.state_dict())  # no "_orig_mod." keys

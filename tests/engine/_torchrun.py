@@ -85,6 +85,37 @@ def epi_data(root: Path) -> tuple[Path, Path]:
     return Path(train), Path(val)
 
 
+def plain(train: str, val: str, out: str) -> None:
+    """Supervised training (2 epochs, per-rank batch 2) from different initial weights per rank
+    (rank 0's must win); writes each rank's weights hash, events and steps."""
+    from src_models.data import SegmentationDataset
+    from src_models.engine import TrainConfig, Trainer
+    from src_models.models import create_model
+
+    torch.manual_seed(100 + _rank())
+    model = create_model("lvit_tiny")
+    cfg = TrainConfig(
+        epochs=2, batch_size=2, device="cpu", seed=0, out=str(Path(out) / "model.safetensors")
+    )
+    trainer = Trainer(
+        model,
+        SegmentationDataset(train, img_size=64, augment=True, seed=0),
+        SegmentationDataset(val, img_size=64),
+        HashEncoder(),
+        cfg,
+    )
+    events = list(trainer.fit())
+    report = {
+        "hash": digest(trainer.model.state_dict()),
+        "events": [type(e).__name__ for e in events],
+        "best_dice": events[-1].best_dice,
+        "steps": trainer.global_step,
+        "world_size": trainer.dist.world_size,
+        "group_left": not torch.distributed.is_initialized(),
+    }
+    _write(Path(out), report)
+
+
 def epi(data: str, out: str, batch: str, kill_after: str = "") -> None:
     """EPI (2 rounds after round 0, LV on, no dropout, Adam at lr 1e-4) with per-rank batch
     ``batch``; ranks start from different weights (rank 0's must win). With ``kill_after``
@@ -355,7 +386,7 @@ def cli_killed_at_step(step: str, *argv: str) -> None:
 
 JOBS = {
     f.__name__: f
-    for f in (epi, cli, logged_cli, cli_killed_at_step, clcc, pretrain, sks, primitives)
+    for f in (plain, epi, cli, logged_cli, cli_killed_at_step, clcc, pretrain, sks, primitives)
 }
 
 

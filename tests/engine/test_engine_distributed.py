@@ -1,89 +1,12 @@
-"""torchrun with 2 CPU processes (gloo): DDP keeps both ranks' models identical."""
+"""torchrun with 2 CPU processes (gloo): both ranks' models stay identical."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
+from _torchrun import torchrun
 
 from src_models.data.synthetic import write_dataset
 from src_models.engine import detect_env, load_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
-
-SCRIPT = textwrap.dedent(
-    """
-    import hashlib, json, os, sys, zlib
-
-    import torch
-
-    from src_models.data import SegmentationDataset
-    from src_models.engine import TrainConfig, Trainer
-    from src_models.models import create_model
-    from src_models.text import TextFeatures
-
-
-    class HashEncoder:  # the TextEncoder interface, without loading a transformer
-        dim, id = 384, "fake-hash-384"
-
-        def encode(self, texts):
-            feats = []
-            for t in texts:
-                rows = []
-                for w in t.lower().split():
-                    g = torch.Generator().manual_seed(zlib.crc32(w.encode()))
-                    rows.append(torch.randn(self.dim, generator=g))
-                feats.append(torch.stack(rows))
-            n = max(len(f) for f in feats)
-            tokens = torch.zeros(len(feats), n, self.dim)
-            mask = torch.zeros(len(feats), n, dtype=torch.bool)
-            for i, f in enumerate(feats):
-                tokens[i, : len(f)] = f
-                mask[i, : len(f)] = True
-            return TextFeatures(tokens, mask)
-
-
-    train_dir, val_dir, out_dir = sys.argv[1:4]
-    rank = int(os.environ["RANK"])
-    torch.manual_seed(100 + rank)  # different initial weights: DDP must broadcast rank 0's
-    model = create_model("lvit_tiny")
-    cfg = TrainConfig(epochs=2, batch_size=2, device="cpu", seed=0,
-                      out=os.path.join(out_dir, "model.safetensors"))
-    trainer = Trainer(
-        model,
-        SegmentationDataset(train_dir, img_size=64, augment=True, seed=0),
-        SegmentationDataset(val_dir, img_size=64),
-        HashEncoder(),
-        cfg,
-    )
-    events = list(trainer.fit())
-    digest = hashlib.sha256()
-    for key, value in sorted(trainer.model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    done = events[-1]
-    report = {
-        "hash": digest.hexdigest(),
-        "events": [type(e).__name__ for e in events],
-        "best_dice": done.best_dice,
-        "steps": trainer.global_step,
-        "world_size": trainer.dist.world_size,
-        "group_left": not torch.distributed.is_initialized(),
-    }
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(report, f)
-    """
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_detect_env_reads_torchrun_variables():
@@ -97,28 +20,9 @@ def test_detect_env_reads_torchrun_variables():
 def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
     train = write_dataset(tmp_path / "train", kind="qata", n=8, size=64, seed=0)
     val = write_dataset(tmp_path / "val", kind="qata", n=5, size=64, seed=1)
-    script = tmp_path / "train_ddp.py"
-    script.write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(script),
-        str(train),
-        str(val),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    proc = torchrun("plain", train, val, out, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = json.loads((out / "rank0.json").read_text())
     r1 = json.loads((out / "rank1.json").read_text())
@@ -137,8 +41,6 @@ def test_sync_helpers_compute_the_global_batch(tmp_path):
     """gather_rows (unequal and empty shares, ints, bools, gradients) and synchronised
     BatchNorm (outputs, input and weight gradients, running statistics) on 2 ranks against the
     one-process computation on the whole batch."""
-    from _torchrun import torchrun
-
     proc = torchrun("primitives", tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for r in (0, 1):

@@ -35,6 +35,13 @@ def _add_train(sub) -> None:
         help="torch.compile the model for training (its first steps compile, for minutes)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="loader processes reading and augmenting images (default 0: in the training "
+        "process); on a GPU, a few keep it busy",
+    )
+    p.add_argument(
         "--resume",
         help="checkpoint to continue from ('default': the shipped model); one without its "
         "training state (.train_state.pt) starts a new run from its weights (fine-tuning)",
@@ -278,6 +285,7 @@ def _train_recipe(args):
         use_text=not args.no_text,
         cpu_bf16=args.cpu_bf16,
         compile=args.compile,
+        num_workers=args.workers,
         out=args.out,
     )
     return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)

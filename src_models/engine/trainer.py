@@ -119,6 +119,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "t0", "patience", "log_every", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.num_workers) < 0:
+            raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError("TrainConfig.lr must be > 0 and min_lr >= 0")
         if not 0.0 < self.threshold < 1.0:

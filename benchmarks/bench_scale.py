@@ -15,7 +15,7 @@ the global batch, gradients averaged, the pseudo-label pass sharded: ``src_model
 so its Dice should match and only the time differ. Results go to ``benchmarks/out/scale.json``
 (``scale_quick.json``).
 
-    python -m benchmarks.bench_scale             # ~20 min on 2 CPU cores
+    python -m benchmarks.bench_scale             # ~7 min on 2 idle CPU cores
     python -m benchmarks.bench_scale --quick     # a 1-2 minute smoke run
 """
 

@@ -12,6 +12,13 @@ is kept in its metadata (``"window"``: level, width in HU); the model's input fo
 (:mod:`napari_lvit._volume`), with a progress bar and Cancel; the proposal layer is written
 only once every slice is done.
 
+Click mode (the Click mode button, or Shift-P) corrects the proposal with clicks and a box
+(:mod:`napari_lvit._click_mode`): a Points layer beside the proposal (left click adds to the
+mask, Ctrl+click or the right button removes, Ctrl+Z on it removes the last click) and a Shapes
+rectangle; every change re-segments the shown plane in the background with the model's prompt
+inputs (a checkpoint trained with ``napari-lvit train --clicks``), starting from the labels as
+they are, so the brush still works between clicks.
+
 Other widgets build on it through a small public API (the annotation loop does): the
 ``proposal_ready`` and ``proposal_recut`` signals, extra model choices resolved by a callable
 (:meth:`SegmentWidget.set_model_sources`), hooks that may take over Segment
@@ -115,6 +122,8 @@ class SegmentWidget(Container):
     window_changed = Signal(object, object)
     #: a whole-volume run finished a model batch: (slices done, slices in all)
     volume_progress = Signal(int, int)
+    #: click mode re-segmented the shown plane: (labels layer, index into it)
+    clicks_applied = Signal(object, object)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -137,6 +146,10 @@ class SegmentWidget(Container):
         self.plane_provider: PlaneProvider = image_plane
         #: called on the thread that predicts next, once its predictor is ready
         self.thread_setup: Callable[[], None] | None = None
+        from napari_lvit._click_mode import ClickMode
+
+        self.click_mode = ClickMode(napari_viewer, self.segment_clicks)
+        self._clicks_pending = False
 
         self.model = ComboBox(label="Model", choices=model_choices())
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors")
@@ -151,6 +164,12 @@ class SegmentWidget(Container):
         self.segment_button = PushButton(text="Segment")
         self.volume_button = PushButton(text="Whole volume")
         self.volume_button.tooltip = "Segment every slice of the 3D image (slices batched)"
+        self.click_button = PushButton(text="Click mode")
+        self.click_button.tooltip = (
+            "Correct the proposal with clicks: left click adds to the mask, Ctrl+click or the "
+            "right button removes, Ctrl+Z undoes the last click; draw a rectangle in the "
+            "[box] layer around the object (Shift-P toggles)"
+        )
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self.cancel_button = PushButton(text="Cancel")
         self.threshold = FloatSlider(label="Threshold", min=0.01, max=0.99, step=0.01, value=0.5)
@@ -164,6 +183,7 @@ class SegmentWidget(Container):
                 self.window,
                 self.text,
                 self.segment_button,
+                self.click_button,
                 self.volume_button,
                 self.progress,
                 self.cancel_button,
@@ -184,6 +204,8 @@ class SegmentWidget(Container):
         self.model.changed.connect(self._on_model_changed)
         self.image.changed.connect(self._on_image_changed)
         self.segment_button.changed.connect(self.segment)
+        self.click_button.changed.connect(self.toggle_click_mode)
+        _bind_click_mode_key(napari_viewer, self)
         self.volume_button.changed.connect(lambda: self.segment_volume())
         self.cancel_button.changed.connect(self.cancel_volume)
         self.window.changed.connect(self._on_window_chosen)
@@ -239,6 +261,13 @@ class SegmentWidget(Container):
 
     def _refresh_images(self, event=None) -> None:
         self.image.reset_choices()
+        mode = self.click_mode
+        if mode.active and mode.image not in self._viewer.layers:
+            self._end_click_mode(remove_layers=True)
+        elif mode.active and any(
+            x is not None and x not in self._viewer.layers for x in (mode.points, mode.shapes)
+        ):
+            self._end_click_mode()  # the user deleted the clicks or box layer: start again
 
     def _on_model_changed(self, value: str) -> None:
         self.checkpoint.visible = value == FROM_FILE
@@ -401,6 +430,117 @@ class SegmentWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self._clicks_pending:
+            self._clicks_pending = False
+            self.segment_clicks()
+
+    # --- click mode ------------------------------------------------------------------------
+    def toggle_click_mode(self) -> None:
+        """Start click mode on the chosen image (its proposal layer is made if missing), or
+        end it (the clicks stay on screen and are no longer applied)."""
+        if self.click_mode.active:
+            self._end_click_mode()
+            self.status.value = "Click mode off."
+            return
+        layer = self.image.value
+        if layer is None:
+            self.status.value = _errors.report_error("Open an image first.")
+            return
+        self.proposal_layer(layer)
+        self.click_mode.start(layer)
+        self.click_button.text = "End click mode"
+        self.status.value = (
+            "Click mode: click into the object to add it, Ctrl+click (or right click) to remove, "
+            "Ctrl+Z to undo; or draw a box in the [box] layer."
+        )
+
+    def _end_click_mode(self, remove_layers: bool = False) -> None:
+        mode = self.click_mode
+        layers = (mode.points, mode.shapes)
+        mode.stop()
+        self.click_button.text = "Click mode"
+        if remove_layers:
+            for layer in layers:
+                if layer is not None and layer in self._viewer.layers:
+                    self._viewer.layers.remove(layer)
+
+    def click_prompts(self, index: tuple = ()):
+        """The clicks and box of click mode on the plane ``index`` (none when it is off):
+        a :class:`~napari_lvit._click_mode.PlanePrompts`."""
+        return self.click_mode.prompts(index)
+
+    def segment_clicks(self) -> None:
+        """Re-segment the shown plane with the clicks and box of click mode (in a worker; a
+        change that comes while it runs is applied right after, the latest prompts only)."""
+        mode = self.click_mode
+        if not mode.active:
+            return
+        if self.busy:
+            self._clicks_pending = True
+            return
+        layer = mode.image
+        try:
+            source = self.model_source
+            plane, index = self.plane_provider(layer, self._viewer.dims.current_step)
+            prompts = mode.prompts(index)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
+            self.status.value = _errors.report_error(exc)
+            return
+        labels = self.proposal_layer(layer)
+        shown = np.asarray(labels.data[index] if index else labels.data) != 0
+        action, mask = mode.history.plan(prompts, shown)
+        note = (
+            f" ({prompts.left_out} click(s) outside the image left out)" if prompts.left_out else ""
+        )
+        if action == "restore" or prompts.empty:
+            mask = mask if action == "restore" else mode.history.base
+            self._write(labels, index, mask)
+            mode.history.record(prompts, mask)
+            self.status.value = f"{len(prompts.clicks)} click(s){note}."
+            self.clicks_applied.emit(labels, index)
+            return
+        device, threshold = str(self.device.value), float(self.threshold.value)
+        window, text = self.layer_window(layer), self.text.value.strip() or None
+
+        def job() -> Prediction:
+            predictor = self.predictor(source, device)
+            return predictor.predict(
+                plane,
+                text,
+                threshold=threshold,
+                window=window,
+                clicks=list(prompts.clicks) or None,
+                box=prompts.box,
+                previous=mask,
+            )
+
+        def done(result: Prediction) -> None:
+            self.set_busy(None)
+            if labels not in self._viewer.layers:
+                return
+            self._write(labels, index, result.mask)
+            mode.history.record(prompts, result.mask)
+            share = 100.0 * result.mask.mean()
+            self.status.value = f"{len(prompts.clicks)} click(s): {share:.1f}% of the image{note}."
+            self.clicks_applied.emit(labels, index)
+
+        self.set_busy("Applying the clicks…")
+        if self.run_synchronously:
+            try:
+                result = job()
+            except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
+                self.report_error(exc)
+            else:
+                done(result)
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(job)
+        worker.returned.connect(done)
+        worker.errored.connect(self.report_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
 
     # --- whole volume --------------------------------------------------------------------
     @property
@@ -593,6 +733,25 @@ class SegmentWidget(Container):
         self._write(labels, index, result.recut(float(threshold)))
         self._last_threshold = float(threshold)
         self.proposal_recut.emit(labels, index)
+
+
+def _bind_click_mode_key(viewer: napari.viewer.Viewer, widget: SegmentWidget) -> None:
+    """Shift-P toggles click mode (the widget held weakly: a key pressed after it is gone does
+    nothing)."""
+    import contextlib
+    import weakref
+
+    from napari_lvit._click_mode import TOGGLE_KEY
+
+    ref = weakref.ref(widget)
+
+    def toggle(_viewer=None) -> None:
+        target = ref()
+        if target is not None:
+            with contextlib.suppress(RuntimeError):  # the Qt widget is gone
+                target.toggle_click_mode()
+
+    viewer.bind_key(TOGGLE_KEY, toggle, overwrite=True)
 
 
 def _prediction(probs: np.ndarray, threshold: float, text: str | None) -> Prediction:

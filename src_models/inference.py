@@ -12,6 +12,14 @@ A CT window (``window=(level, width)`` in HU or a preset name, :mod:`src_models.
 by default the checkpoint's) replaces the min-max scaling of images stored as HU, and
 :meth:`Predictor.predict_slices` segments a whole volume with its slices batched, on one
 intensity scale (the window's, else the volume's range, as in training).
+
+A model with prompt inputs (``reads_prompts``, :mod:`src_models.models.prompts`) also takes
+clicks, a box and the previous mask: ``predict(image, text, clicks=[(y, x, +1), (y, x, -1)],
+box=(y0, x0, y1, x1), previous=mask)``, in the image's own pixel coordinates. They are mapped
+onto the model's input the way the image is (the whole image resized to the model size), and
+the resized image is cached per image, so a later click costs one model pass. Checkpoints that
+predict tile by tile (patches mode, ``tile=True`` on a large image) take no prompts yet: they
+refuse them with a message.
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ from src_models.data.windows import Window, as_window, input_range, window_appli
 from src_models.device import autocast, resolve_device
 from src_models.inference_checks import (
     MAX_PIXELS,
+    PromptInput,
     check_finite_prob,
     check_image,
+    check_prompts,
     check_threshold,
     guarded,
 )
@@ -46,6 +56,7 @@ from src_models.model_source import (  # noqa: F401 (DEFAULT_CHECKPOINT: re-expo
     open_model,
     resolve_checkpoint,
 )
+from src_models.models.prompts import encode_prompts, prompting, reads_prompts
 from src_models.text import TextEncoder, validate_text
 from src_models.tiling import predict_tiled
 
@@ -227,14 +238,20 @@ class Predictor:
         self.reuses_features = bool(
             getattr(self.model, "supports_feature_reuse", False) and feature_cache_size > 0
         )
+        #: does the model take clicks, a box and a previous mask?
+        self.reads_prompts = reads_prompts(self.model)
+        # the image resized to the model size, per image: what a later click reuses
+        self._inputs = FeatureCache(max(1, feature_cache_size))
 
     @property
     def name(self) -> str:
         return str(self.meta.get("model_name", "model"))
 
-    def _text_inputs(self, text: str | None, batch: int):
+    def _text_inputs(self, text: str | None, batch: int, required: bool = True):
         if not self.uses_text:
             return None, None
+        if not required and (text is None or not text.strip()):
+            return None, None  # clicks alone: a model trained with clicks saw batches so
         if text is None or not text.strip():
             raise ValueError("this model reads text: type a description of the image first")
         feats = self.text_encoder.encode([validate_text(text)] * batch).to(self.device)
@@ -305,9 +322,13 @@ class Predictor:
         text: str | None = None,
         *,
         window: Window | tuple[float, float] | str | None = None,
+        clicks: Any = None,
+        box: Any = None,
+        previous: np.ndarray | None = None,
     ) -> np.ndarray:
         """Probability map float32 ``[H, W]`` for a 2D image ``[H, W]`` or ``[H, W, C]``;
-        ``window``: a CT window for this call (``None``: the Predictor's)."""
+        ``window``: a CT window for this call (``None``: the Predictor's); ``clicks``,
+        ``box``, ``previous``: prompts, see :meth:`predict`."""
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
             raise ValueError(
@@ -316,6 +337,9 @@ class Predictor:
             )
         height, width = image.shape[:2]
         value_range = input_range(image, self._window(window))
+        prompt = check_prompts(clicks, box, previous, (height, width))
+        if prompt is not None:
+            return self._prompted_prob(image, text, value_range, prompt)
         if self.uses_tiles((height, width)):
             return self.tiled_prob(to_float01(image, value_range=value_range), text)
         fingerprint = None
@@ -330,6 +354,43 @@ class Predictor:
         prob = self._run(small[None], text, fingerprint)[0]
         return resize_prob(prob, (height, width)).astype(np.float32)
 
+    def _prompted_prob(
+        self, image: np.ndarray, text: str | None, value_range: Any, prompt: PromptInput
+    ) -> np.ndarray:
+        """The whole-image path with prompt maps: image resized once per image (cached), the
+        prompts mapped to the model size, one full model pass (the prompts enter at the first
+        convolution, so no image features can be reused across clicks)."""
+        height, width = image.shape[:2]
+        if not self.reads_prompts:
+            raise ValueError(
+                f"model {self.name!r} reads no clicks or boxes: use a checkpoint trained with "
+                "`napari-lvit train --clicks`, or correct the mask with the brush"
+            )
+        if self.uses_tiles((height, width)):
+            why = "the checkpoint was trained on patches" if self.resolution else "tile=True"
+            raise ValueError(
+                "clicks and boxes work on whole-image predictions; this prediction runs tile by "
+                f"tile ({why}, a {height} x {width} image)"
+            )
+        # the resized image depends on the pixels, the scaling and the size, not the weights
+        key = (self.img_size, str(value_range), image_fingerprint(image))
+        small = self._inputs.get(key)
+        if small is None:
+            small = resize_image(to_float01(image, value_range=value_range), self.img_size)
+            self._inputs.put(key, small)
+        size = self.img_size
+        clicks, box = prompt.scaled_to(size)
+        prev = None
+        if prompt.previous is not None:
+            prev = torch.from_numpy(resize_prob(prompt.previous, (size, size)))[None, None]
+        maps = encode_prompts(size, [clicks], [box], prev, device=self.device)
+        x = torch.from_numpy(np.ascontiguousarray(small[None])).permute(0, 3, 1, 2)
+        tokens, mask = self._text_inputs(text, 1, required=False)
+        with torch.inference_mode(), autocast(self.device), prompting(self.model, maps):
+            logits = self.model(x.to(self.device), tokens, mask)
+        prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+        return resize_prob(prob, (height, width)).astype(np.float32)
+
     @guarded
     def predict(
         self,
@@ -338,10 +399,24 @@ class Predictor:
         threshold: float | None = None,
         *,
         window: Window | tuple[float, float] | str | None = None,
+        clicks: Any = None,
+        box: Any = None,
+        previous: np.ndarray | None = None,
     ) -> Prediction:
-        """Probability map and mask at the image's own size."""
+        """Probability map and mask at the image's own size.
+
+        Prompts (models with ``reads_prompts`` only), in the image's pixel coordinates:
+        ``clicks`` ``[(y, x, +1 | -1), ...]`` (+1 adds to the mask, -1 removes), ``box``
+        ``(y0, x0, y1, x1)`` around the object, ``previous`` the mask or probabilities
+        ``[H, W]`` being corrected (the last prediction, or the user's edit of it). With
+        prompts the text may be left out (clicks alone). Bad prompts (outside the image, a box
+        without area) are refused with a message
+        (:func:`~src_models.inference_checks.check_prompts`).
+        """
         cut = self.threshold if threshold is None else float(threshold)
-        prob = self.predict_prob(image, text, window=window)
+        prob = self.predict_prob(
+            image, text, window=window, clicks=clicks, box=box, previous=previous
+        )
         return Prediction(prob=prob, mask=prob >= cut, threshold=cut, text=text)
 
     def predict_slices(

@@ -379,11 +379,19 @@ class AnnotationSession:
         return shown != 0
 
     def commit(
-        self, labels: np.ndarray, slice_: int | None, text: str | None, version: str
+        self,
+        labels: np.ndarray,
+        slice_: int | None,
+        text: str | None,
+        version: str,
+        *,
+        clicks: Any = None,
+        box: Any = None,
     ) -> CommitRecord:
         """Save ``labels`` (their ``slice_``) as the current image's correction, with the
-        proposal they replaced; an edited pseudo label committed unchanged is an accepted one.
-        Raises when the store refuses (nothing is saved then)."""
+        proposal they replaced and the ``clicks`` and ``box`` of click mode (pixel coordinates
+        of the plane); an edited pseudo label committed unchanged is an accepted one. Raises
+        when the store refuses (nothing is saved then)."""
         rec = self.current
         mask = labels if slice_ is None else labels[slice_]
         unchanged_pseudo = self.baseline_kind == "pseudo" and not self.is_edited(labels)
@@ -395,6 +403,8 @@ class AnnotationSession:
             proposal=None if unchanged_pseudo else self._replaced_proposal(slice_),
             slice=slice_,
             kind="accepted_pseudo" if unchanged_pseudo else "correction",
+            clicks=clicks,
+            box=box,
         )
         self.pseudo.forget(rec.id, slice_)
         self._committed(rec, labels)

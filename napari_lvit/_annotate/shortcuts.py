@@ -18,6 +18,7 @@ SHORTCUTS = {
     "Shift-U": ("go_to_suggested", "Go to the suggested (most uncertain) image"),
     "Shift-K": ("accept_pseudo", "Keep: accept this image's pseudo label as its label"),
     "Shift-R": ("review_next", "Review next: the pseudo label most likely right"),
+    "Shift-P": ("toggle_click_mode", "Click mode: correct the labels with clicks and a box"),
 }
 
 

@@ -461,14 +461,41 @@ class AnnotationWidget(AnnotationView):
             self._message("Nothing to commit: segment or paint first.", error=True)
             return
         slice_, rec = self._target_slice(), s.current
+        prompts = self._click_prompts(slice_)
         try:
-            commit = s.commit(self.shown.labels_data(), slice_, self._text(), self.models.version())
+            commit = s.commit(
+                self.shown.labels_data(),
+                slice_,
+                self._text(),
+                self.models.version(),
+                clicks=prompts.clicks if prompts else None,
+                box=prompts.box if prompts else None,
+            )
         except Exception as exc:  # noqa: BLE001 - shown, the labels stay on screen
             self._error(exc, "Commit failed (nothing was saved)")
             return
         where = f" slice {slice_}" if slice_ is not None else ""
-        self._message(f"Committed {rec.name}{where} (version {commit.version}).")
+        with_clicks = f", {len(commit.clicks)} click(s)" if commit.clicks else ""
+        self._message(f"Committed {rec.name}{where} (version {commit.version}{with_clicks}).")
+        if prompts is not None:
+            self.seg.click_mode.clear()  # the next correction starts without clicks
         self._after_commit(rec)
+
+    def _click_prompts(self, slice_: int | None):
+        """The clicks and box of click mode on the shown image's plane that ``slice_`` commits
+        (``None``: click mode is off, on another image, or the commit is a whole volume)."""
+        mode = self.seg.click_mode
+        if not mode.active or not self.shown.is_image(mode.image):
+            return None
+        data = self.shown.labels_data()
+        if data is not None and data.ndim == 3 and slice_ is None:
+            return None
+        prompts = self.seg.click_prompts(() if slice_ is None else (int(slice_),))
+        return None if prompts.empty else prompts
+
+    def toggle_click_mode(self) -> None:
+        """Click mode on the shown image: correct its labels with clicks and a box."""
+        self.seg.toggle_click_mode()
 
     def no_lesion(self) -> None:
         """One click: this image (or slice) has no lesion; commit an empty label."""

@@ -54,6 +54,28 @@ def _add_predict(sub) -> None:
         help="CT window for images stored as HU: lung, mediastinum, soft tissue, bone, brain or "
         "LEVEL,WIDTH (e.g. --window=-600,1500; default: the checkpoint's, else min-max)",
     )
+    p.add_argument(
+        "--click",
+        type=_click,
+        action="append",
+        default=[],
+        metavar="Y,X",
+        help="a click at row Y, column X of the image (pixels) that adds to the mask; "
+        "--click=-Y,X removes (repeat for more clicks; models trained with `train --clicks`)",
+    )
+    p.add_argument(
+        "--box",
+        type=_box,
+        default=None,
+        metavar="Y0,X0,Y1,X1",
+        help="a box around the object (pixels: top, left, bottom, right)",
+    )
+    p.add_argument(
+        "--previous",
+        type=Path,
+        default=None,
+        help="the mask being corrected (.png/.tif, the image's size): the clicks fix it",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--max-pixels",
@@ -63,6 +85,32 @@ def _add_predict(sub) -> None:
         f"{memory_text(MAX_PIXELS)} of memory to segment)",
     )
     p.set_defaults(func=cmd_predict)
+
+
+def _numbers(value: str, n: int, what: str) -> list[float]:
+    parts = value.split(",")
+    try:
+        numbers = [float(v) for v in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != n or not all(abs(v) < float("inf") for v in numbers):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+    return numbers
+
+
+def _click(value: str) -> tuple[float, float, int]:
+    """``"Y,X"`` -> ``(Y, X, +1)``; ``"-Y,X"`` -> ``(Y, X, -1)`` (a click that removes)."""
+    text = value.strip()
+    sign = -1 if text.startswith("-") else 1
+    y, x = _numbers(text.lstrip("+-"), 2, "Y,X (pixels; -Y,X for a click that removes)")
+    if y < 0 or x < 0:
+        raise argparse.ArgumentTypeError(f"a click's Y and X are pixel positions, got {value!r}")
+    return y, x, sign
+
+
+def _box(value: str) -> tuple[float, float, float, float]:
+    y0, x0, y1, x1 = _numbers(value, 4, "Y0,X0,Y1,X1 (pixels: top, left, bottom, right)")
+    return y0, x0, y1, x1
 
 
 def _window(value: str):
@@ -97,7 +145,13 @@ def cmd_predict(args) -> int:
     from src_models.inference import Predictor
     from src_models.model_source import resolve_checkpoint
 
+    prompted = bool(args.click or args.box is not None or args.previous is not None)
     if args.out_dir is not None:
+        if prompted:
+            raise UserError(
+                "--click, --box and --previous are for one image",
+                hint="give --out FILE instead of --out-dir",
+            )
         return _cmd_predict_batch(args)
     if args.out is None:
         raise UserError(
@@ -116,8 +170,10 @@ def cmd_predict(args) -> int:
     _check_predict_image(args.image, args.max_pixels)
     checkpoint = resolve_checkpoint(args.checkpoint)
     if checkpoint is not None:
-        _check_text(checkpoint, args.text)
-    uses = {"the image": args.image, "the checkpoint": checkpoint}
+        _check_prompted(checkpoint, prompted)
+        if not prompted or args.text is not None:  # clicks alone need no text
+            _check_text(checkpoint, args.text)
+    uses = {"the image": args.image, "the checkpoint": checkpoint, "--previous": args.previous}
     check_output(args.out, "--out", (".png", ".tif", ".tiff"), uses)
     if args.prob_out:
         uses["the --out file"] = args.out
@@ -132,7 +188,22 @@ def cmd_predict(args) -> int:
         )
     predictor = Predictor(args.checkpoint, device=args.device, window=args.window)
     predictor.max_pixels = args.max_pixels
-    result = predictor.predict(image, args.text, threshold=args.threshold)
+    previous = None
+    if args.previous is not None:
+        from src_models.cli._checks import check_read_file
+
+        previous = read_image(check_read_file(args.previous, "--previous", "a mask image"))
+        if previous.ndim == 3:
+            previous = previous[..., 0]
+        previous = previous > 0
+    result = predictor.predict(
+        image,
+        args.text,
+        threshold=args.threshold,
+        clicks=args.click or None,
+        box=args.box,
+        previous=previous,
+    )
     if args.prob_out:
         write_prob(args.prob_out, result.prob)
     write_mask(args.out, result.mask)
@@ -238,6 +309,18 @@ def _check_predict_image(path: Path, max_pixels: int) -> None:
             f"Cannot segment '{path}': it has {n} pixels ({shape[0]} x {shape[1]}), more than "
             f"predict's limit of {max_pixels} ({memory_text(n)} of memory to segment it)",
             hint=f"crop or downscale it, or pass --max-pixels {n} to try anyway",
+        )
+
+
+def _check_prompted(checkpoint: Path, prompted: bool) -> None:
+    """Clicks need a checkpoint whose model reads prompts (checked from its header)."""
+    from src_models.engine.checkpoint import read_checkpoint_meta
+    from src_models.errors import UserError
+
+    if prompted and not read_checkpoint_meta(checkpoint).get("reads_prompts"):
+        raise UserError(
+            f"the model in {checkpoint} reads no clicks or boxes",
+            hint="use a checkpoint trained with `napari-lvit train --clicks`",
         )
 
 

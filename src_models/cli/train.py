@@ -48,6 +48,15 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--no-augment", action="store_true")
     p.add_argument(
+        "--clicks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train the model to take clicks, a box and the previous mask too: up to N "
+        "simulated correction clicks per batch (3 is usual; 0: no clicks). A model without "
+        "prompt inputs gets them (starting at zero: it keeps what it predicted before)",
+    )
+    p.add_argument(
         "--init",
         type=Path,
         help="start from the image-encoder weights of this checkpoint (e.g. `napari-lvit "
@@ -148,6 +157,10 @@ def cmd_train(args) -> int:
 
     if args.init is not None and args.resume:
         raise ValueError("--init and --resume exclude each other")
+    if args.clicks < 0:
+        raise ValueError(f"--clicks must be >= 0, got {args.clicks}")
+    if args.clicks and args.semi != "none":
+        raise ValueError("--clicks does not combine with --semi epi yet: train with clicks first")
     check_new_checkpoint(args.out, uses={"the --init checkpoint": args.init})
     encoder = None if args.no_text else TextEncoder(args.text_encoder)
     if args.resume:
@@ -168,6 +181,10 @@ def cmd_train(args) -> int:
             args.model, text_encoder=encoder, img_size=args.img_size, kinds=("registry",)
         )
     model = opened.model
+    if args.clicks:
+        from src_models.models.prompts import add_prompt_inputs
+
+        add_prompt_inputs(model)
     if args.init is not None:
         from src_models.engine.pretrain import load_pretrained_encoder
 
@@ -286,6 +303,7 @@ def _train_recipe(args):
         cpu_bf16=args.cpu_bf16,
         compile=args.compile,
         num_workers=args.workers,
+        clicks=args.clicks,
         out=args.out,
     )
     return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)

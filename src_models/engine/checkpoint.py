@@ -8,10 +8,17 @@ The weights file holds the model's tensors and, in the safetensors header metada
      "model_name": "lvit_tiny", "model_config": {...}, "uses_text": true,
      "text_encoder": "all-MiniLM-L6-v2" | null, "text_dim": 384,
      "img_size": 64, "in_chans": 3, "normalisation": "scale01", "threshold": 0.5,
+     "reads_prompts": false,
      "training": {...}, "versions": {"torch": ..., "src_models": ...}, "created": "<ISO time>"}
 
 Loading never unpickles anything: safetensors holds only tensors and strings, and the training
 state is read with ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts).
+
+A model with prompt inputs (clicks, box, previous mask: :mod:`src_models.models.prompts`) has
+``"prompts": true`` in its ``model_config`` and ``"reads_prompts": true``; checkpoints written
+before prompts existed have neither and load as the plain model they always were. The weights of
+such a checkpoint also load into a prompted model (:func:`load_weights_into`): its adapter keeps
+its zero start, so the prompted model predicts what the checkpoint did.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from src_models.engine.distributed import unwrap
 from src_models.errors import UserError
 
 META_KEY = "napari_lvit"
+#: The state-dict prefix of a prompted model's adapter (:mod:`src_models.models.prompts`).
+ADAPTER_PREFIX = "prompt_adapter."
 FORMAT = "napari-lvit-checkpoint"
 FORMAT_VERSION = 1
 TRAIN_STATE_SUFFIX = ".train_state.pt"
@@ -123,11 +132,15 @@ def build_meta(model: nn.Module, meta: dict[str, Any] | None = None) -> dict[str
         "in_chans": getattr(model, "in_chans", None),
         "normalisation": "scale01",
         "threshold": 0.5,
+        "reads_prompts": hasattr(model, ADAPTER_PREFIX[:-1]),
         "training": {},
         "versions": {"torch": torch.__version__, "src_models": src_models.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    fixed = {k: base[k] for k in ("format", "format_version", "model_name", "model_config")}
+    fixed = {
+        k: base[k]
+        for k in ("format", "format_version", "model_name", "model_config", "reads_prompts")
+    }
     base.update(meta or {})
     base.update(fixed)  # what rebuilds the model always comes from the model itself
     return _jsonable(base)
@@ -287,6 +300,9 @@ def _check_weights_fit(
     model: nn.Module, tensors: dict[str, torch.Tensor], p: Path, name: str
 ) -> None:
     expected = unwrap(model).state_dict()
+    if not any(k.startswith(ADAPTER_PREFIX) for k in tensors):
+        # weights of a model without prompt inputs: a prompted model keeps its zero adapter
+        expected = {k: v for k, v in expected.items() if not k.startswith(ADAPTER_PREFIX)}
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     shapes = [
@@ -323,7 +339,13 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike) -> dict[str, An
     tensors = _read_tensors(p)
     _check_weights_fit(target, tensors, p, meta["model_name"])
     _check_finite_weights(p, tensors)
-    target.load_state_dict(tensors, strict=True)
+    adapter = getattr(target, ADAPTER_PREFIX[:-1], None)
+    if adapter is not None and not any(k.startswith(ADAPTER_PREFIX) for k in tensors):
+        target.load_state_dict(tensors, strict=False)  # only the adapter's keys are absent
+        with torch.no_grad():  # back to the zero start: the checkpoint's own masks
+            adapter.project.weight.zero_()
+    else:
+        target.load_state_dict(tensors, strict=True)
     return meta
 
 

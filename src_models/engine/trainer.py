@@ -54,6 +54,7 @@ from src_models.engine.checkpoint import (
     to_weights_only,
     train_state_path,
 )
+from src_models.engine.clicks import ClickTraining
 from src_models.engine.distributed import Distributed, unwrap
 from src_models.engine.evaluate import (
     check_masks,
@@ -74,6 +75,7 @@ from src_models.engine.events import (
 )
 from src_models.engine.sync import gather_rows
 from src_models.losses import DiceBCELoss
+from src_models.models.prompts import reads_prompts
 
 
 @dataclasses.dataclass
@@ -112,6 +114,9 @@ class TrainConfig:
     val_batch_size: int = 4
     drop_last: bool = False
     grad_clip: float | None = None  # max gradient norm, None = no clipping
+    # simulated clicks (models with prompt inputs): at most this many correction passes per
+    # batch, src_models.engine.clicks.ClickTraining; 0 trains without clicks
+    clicks: int = 0
 
     def __post_init__(self) -> None:
         if self.out is not None:
@@ -121,6 +126,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if int(self.num_workers) < 0:
             raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
+        if int(self.clicks) < 0:
+            raise ValueError(f"TrainConfig.clicks must be >= 0, got {self.clicks}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError("TrainConfig.lr must be > 0 and min_lr >= 0")
         if not 0.0 < self.threshold < 1.0:
@@ -187,6 +194,7 @@ class Trainer:
         self.dist = Distributed()
         self.device = torch.device("cpu")
         self.use_text = False
+        self.click_training: ClickTraining | None = None
         # progress state (saved in the training state)
         self.epoch = 0  # last completed epoch
         self.global_step = 0
@@ -272,6 +280,12 @@ class Trainer:
         self.device = self.dist.setup(cfg.device)
         raw = unwrap(self.model)
         self.use_text = resolve_use_text(raw, self.text_encoder, cfg.use_text)
+        self.click_training = ClickTraining(iterations=cfg.clicks) if cfg.clicks else None
+        if self.click_training is not None and not reads_prompts(raw):
+            raise ValueError(
+                "training with clicks needs a model with prompt inputs: "
+                "create_model(name, prompts=True)"
+            )
         self.check_datasets()
         if cfg.out is not None and not getattr(raw, "model_name", None):
             raise CheckpointError(
@@ -410,7 +424,11 @@ class Trainer:
         return prepare_batch(batch, self.device, self.text_encoder, self.use_text)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Logits ``[B, 1, S, S]`` of the (possibly DDP-wrapped) model for a prepared batch."""
+        """Logits ``[B, 1, S, S]`` of the (possibly DDP-wrapped) model for a prepared batch;
+        with ``config.clicks``, after simulated clicks (their RNG: seed, step and rank)."""
+        if self.click_training is not None:
+            rng = np.random.default_rng((self.config.seed, self.global_step, self.dist.rank))
+            return self.click_training.forward(self.ddp_model, batch, rng)
         return model_forward(self.ddp_model, batch)
 
     def compute_loss(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -74,9 +74,15 @@ def check_config(name: str, config: Any, where: str = "") -> None:
             raise ValueError(f"model {name!r}: {field} = {value!r} is not a sane value{bound}")
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, prompts: bool = False, **overrides: Any) -> nn.Module:
     """Build the registered model ``name`` with config fields replaced by ``overrides``
-    (checked against :data:`CONFIG_LIMITS` first)."""
+    (checked against :data:`CONFIG_LIMITS` first).
+
+    ``prompts=True`` adds click, box and previous-mask inputs
+    (:func:`~src_models.models.prompts.add_prompt_inputs`; ``model_config["prompts"]`` then
+    records it, so a checkpoint rebuilds the same model)."""
+    if not isinstance(prompts, bool):
+        raise ValueError(f"model {name!r}: prompts must be true or false, got {prompts!r}")
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     check_config(name, overrides)
@@ -84,6 +90,10 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     model.model_name = name
     cfg = getattr(model, "config", None)
     model.model_config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    if prompts:
+        from src_models.models.prompts import add_prompt_inputs
+
+        add_prompt_inputs(model)
     return model
 
 

@@ -23,7 +23,13 @@ from typing import Any
 from src_models.data.windows import Window, as_window
 from src_models.errors import UserError
 
-from .records import CommitRecord, ImageRecord, ProposalRecord, RoundRecord
+from .records import (
+    CommitRecord,
+    ImageRecord,
+    ProposalRecord,
+    RoundRecord,
+    decode_commit_prompts,
+)
 
 #: File name of the manifest inside a project folder.
 MANIFEST_NAME = "project.sqlite"
@@ -262,6 +268,7 @@ class ProjectBase:
             model_version=row["model_version"],
             kind=row["kind"],
             committed_at=row["committed_at"],
+            **decode_commit_prompts(row.get("prompts")),
         )
 
     def _proposal_record(self, row: dict[str, Any]) -> ProposalRecord:

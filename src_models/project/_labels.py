@@ -12,10 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from src_models.inference_checks import check_prompts
+
 from ._db import ImageRef, _row_dict
 from ._fs import atomic_write_bytes, encode_mask_png, encode_mask_tiff
 from ._images import ImagesMixin
-from .records import CommitRecord, ImageRecord, ProposalRecord, TrainingItem
+from .records import (
+    CommitRecord,
+    ImageRecord,
+    ProposalRecord,
+    TrainingItem,
+    encode_commit_prompts,
+)
 from .schema import COMMIT_KINDS
 
 
@@ -167,6 +175,8 @@ class LabelsMixin(ImagesMixin):
         *,
         slice: int | None = None,
         kind: str = "correction",
+        clicks: Any = None,
+        box: Any = None,
     ) -> CommitRecord:
         """Commit a label as a new version of the image's label (never overwriting older ones).
 
@@ -182,6 +192,11 @@ class LabelsMixin(ImagesMixin):
         ``accepted_pseudo`` (an EPI pseudo label accepted as it is: it trains like any label,
         and the history tells it from hand-made ones).
 
+        ``clicks`` ``[(y, x, +1 | -1), ...]`` and ``box`` ``(y0, x0, y1, x1)``: the prompts the
+        label was corrected with, in the image's (slice's) pixel coordinates; stored with the
+        commit (:attr:`CommitRecord.clicks`, :attr:`CommitRecord.box`) and checked as a
+        prediction checks them (inside the image, signs +1/-1, a box with an area).
+
         The mask file is written atomically and durably before the manifest row is inserted,
         both under the project's write lock. The image's status becomes ``corrected``
         (``no_lesion`` for a 2D/whole-volume commit of kind ``no_lesion``).
@@ -190,6 +205,11 @@ class LabelsMixin(ImagesMixin):
             raise ValueError(f"unknown commit kind {kind!r}; use one of {COMMIT_KINDS}")
         rec = self.image(image)
         arr, slc = self._validate_mask(rec, mask, slice)
+        prompts = None
+        if clicks is not None or box is not None:
+            checked = check_prompts(clicks, box, None, (rec.height, rec.width))
+            if checked is not None:
+                prompts = encode_commit_prompts(checked.clicks, checked.box)
         if kind == "no_lesion" and arr.any():
             raise ValueError("a commit of kind 'no_lesion' must have an empty mask")
         data, suffix = self._encode(arr)
@@ -231,11 +251,15 @@ class LabelsMixin(ImagesMixin):
             # 1) the file, complete and durable; 2) the row. A crash in between leaves an
             # orphan file that the next open moves aside; never a row without its file.
             atomic_write_bytes(self._folder / rel, data, exclusive=True)
-            cur = conn.execute(
-                "INSERT INTO commits (image_id, version, slice, mask_path, proposal_path, text,"
-                " model_version, kind, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rec.id, version, slc, rel, prop_path, text, model_version, kind, self._clock()),
+            row = (rec.id, version, slc, rel, prop_path, text, model_version, kind, self._clock())
+            columns = (
+                "image_id, version, slice, mask_path, proposal_path, text, model_version, kind,"
+                " committed_at"
             )
+            if prompts is not None:  # (the column exists from schema version 3)
+                row, columns = (*row, prompts), columns + ", prompts"
+            marks = ", ".join("?" * len(row))
+            cur = conn.execute(f"INSERT INTO commits ({columns}) VALUES ({marks})", row)
             commit_id = cur.lastrowid
             status = "no_lesion" if (kind == "no_lesion" and slc is None) else "corrected"
             conn.execute("UPDATE images SET status = ? WHERE id = ?", (status, rec.id))

@@ -6,6 +6,7 @@ changes. Paths in records are absolute.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ __all__ = [
     "RoundRecord",
     "TextRecord",
     "TrainingItem",
+    "decode_commit_prompts",
+    "encode_commit_prompts",
 ]
 
 
@@ -70,7 +73,8 @@ class ImageRecord:
 @dataclass(frozen=True)
 class CommitRecord:
     """One committed label version (never overwritten). ``slice`` is ``None`` for a 2D image or
-    a whole-volume commit, else the slice index of a volume."""
+    a whole-volume commit, else the slice index of a volume. ``clicks`` and ``box``: the prompts
+    the label was made with (schema version 3; empty for older commits)."""
 
     id: int
     image_id: int
@@ -82,6 +86,11 @@ class CommitRecord:
     model_version: str | None
     kind: str
     committed_at: str
+    #: the clicks ``((y, x, +1 | -1), ...)`` the label was corrected with, in the pixel
+    #: coordinates of the image (of its slice, for a volume); ``()`` for none
+    clicks: tuple[tuple[float, float, int], ...] = ()
+    #: the box ``(y0, x0, y1, x1)`` drawn around the object, or ``None``
+    box: tuple[float, float, float, float] | None = None
 
     def load_mask(self) -> np.ndarray:
         """The committed mask as bool ``[H, W]`` (or ``[Z, H, W]`` for a whole-volume commit)."""
@@ -180,3 +189,28 @@ class ExportSummary:
     n_images: int = 0
     n_masks: int = 0
     skipped: list[str] = field(default_factory=list)
+
+
+def encode_commit_prompts(
+    clicks: tuple[tuple[float, float, int], ...], box: tuple[float, float, float, float] | None
+) -> str | None:
+    """The ``commits.prompts`` JSON of checked clicks and box (``None`` when there are none)."""
+    if not clicks and box is None:
+        return None
+    return json.dumps(
+        {
+            "clicks": [[float(y), float(x), int(s)] for y, x, s in clicks],
+            "box": None if box is None else [float(v) for v in box],
+        }
+    )
+
+
+def decode_commit_prompts(stored: str | None) -> dict[str, Any]:
+    """``{"clicks": ..., "box": ...}`` for a :class:`CommitRecord` from ``commits.prompts``;
+    NULL (a commit without prompts, or from before schema version 3) gives none."""
+    if not stored:
+        return {"clicks": (), "box": None}
+    data = json.loads(stored)
+    clicks = tuple((float(y), float(x), int(s)) for y, x, s in data.get("clicks") or ())
+    box = data.get("box")
+    return {"clicks": clicks, "box": None if box is None else tuple(float(v) for v in box)}

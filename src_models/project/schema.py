@@ -8,7 +8,10 @@ older project is opened; a project written by a newer version is refused.
 
 Versions: 1, the first; 2 adds the commit kind ``accepted_pseudo`` (a pseudo label the user
 accepted as it is), which needs the ``commits`` table rebuilt (SQLite cannot change a CHECK
-in place): :func:`_v1_to_v2` copies its rows unchanged into the new table.
+in place): :func:`_v1_to_v2` copies its rows unchanged into the new table; 3 adds the
+column ``commits.prompts`` (the clicks and box a label was corrected with, JSON
+``{"clicks": [[y, x, sign], ...], "box": [y0, x0, y1, x1] | null}``, NULL for none), which
+:func:`_v2_to_v3` adds to an older table (its rows keep NULL: they were made without clicks).
 
 Design notes:
 
@@ -37,7 +40,7 @@ __all__ = [
 #: ``PRAGMA application_id`` of a project manifest ("LVIT" in ASCII).
 APPLICATION_ID = 0x4C564954
 #: Current schema version (``PRAGMA user_version``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 IMAGE_STATUSES: tuple[str, ...] = ("unlabeled", "proposed", "corrected", "no_lesion")
 #: ``correction``: a hand-made or corrected label; ``no_lesion``: the one-click empty label;
@@ -50,8 +53,10 @@ def _in(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
-def _commits_table(kinds: tuple[str, ...], table: str = "commits") -> str:
-    """The commits table (``kinds``: the CHECK of its ``kind``)."""
+def _commits_table(kinds: tuple[str, ...], table: str = "commits", prompts: bool = True) -> str:
+    """The commits table (``kinds``: the CHECK of its ``kind``; ``prompts``: with the column
+    of schema version 3)."""
+    extra = "\n    prompts       TEXT," if prompts else ""
     return f"""
 CREATE TABLE {table} (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -63,7 +68,7 @@ CREATE TABLE {table} (
     text          TEXT,
     model_version TEXT,
     kind          TEXT    NOT NULL CHECK (kind IN {_in(kinds)}),
-    committed_at  TEXT    NOT NULL,
+    committed_at  TEXT    NOT NULL,{extra}
     UNIQUE (image_id, version)
 );
 """
@@ -152,7 +157,7 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
         "id, image_id, version, slice, mask_path, proposal_path, text, model_version, kind,"
         " committed_at"
     )
-    conn.execute(_commits_table(COMMIT_KINDS, "commits_v2"))
+    conn.execute(_commits_table(COMMIT_KINDS, "commits_v2", prompts=False))
     conn.execute(f"INSERT INTO commits_v2 ({columns}) SELECT {columns} FROM commits")
     conn.execute("DROP TABLE commits")
     conn.execute("ALTER TABLE commits_v2 RENAME TO commits")
@@ -160,4 +165,10 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
         conn.execute(stmt)
 
 
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    """Add ``commits.prompts`` (NULL in every existing row; ADD COLUMN fires no trigger)."""
+    conn.execute("ALTER TABLE commits ADD COLUMN prompts TEXT")
+
+
 MIGRATIONS[1] = _v1_to_v2
+MIGRATIONS[2] = _v2_to_v3

@@ -205,7 +205,7 @@ def test_a_version_1_project_opens_with_its_commits_unchanged_and_takes_accepted
             assert p._query("PRAGMA user_version")[0]["user_version"] == 1
 
     with Project.open(tmp_path / "old") as p:
-        assert p._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 2
+        assert p._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION
         assert {r.name: p.history(r) for r in p.images()} == before  # ids, paths, times too
         assert [(it.image.name, it.mask_path, it.kind) for it in p.labeled()] == items
         for f, sha in files.items():  # no label, proposal or image file changed

@@ -1,7 +1,7 @@
 """Fixtures of the robustness suite (helpers: ``robustness_cases``).
 
 Issue 20: every bad input ends in one clear line and changes nothing on disk. The suite holds
-171 cases (collected test items), by what is bad in them:
+201 cases (collected test items), by what is bad in them:
 
 ==========================  =====  ==================================================
 kind                        cases  e.g.
@@ -21,6 +21,10 @@ output path                    21  an input as output, ``--prob-out`` = ``--out`
                                    wrong suffix, read-only folder, ``synth --size``
 flags, devices, boundary       21  thresholds outside (0, 1), bad devices, usage
                                    errors, unexpected errors (``--debug``)
+prompts (issue 14)             30  clicks outside the image, NaN, a sign of 0,
+                                   a box of zero area or outside, 10,000 clicks,
+                                   clicks for a model without prompt inputs or a
+                                   tiled prediction, ``--click`` / ``--box`` syntax
 ==========================  =====  ==================================================
 """
 

@@ -1,0 +1,81 @@
+"""The click simulation on hand-made masks: where the RITM protocol puts each click."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from src_models.engine.clicks import (
+    ClickTraining,
+    farthest_point,
+    first_click,
+    largest_component,
+    next_click,
+)
+from src_models.models import create_model
+
+
+def _square(shape, top, left, side) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    out[top : top + side, left : left + side] = True
+    return out
+
+
+def test_the_farthest_point_is_the_middle_and_the_border_is_a_boundary():
+    assert farthest_point(_square((40, 40), 10, 20, 11)) == (15, 25)
+    # a region touching the image edge: its middle, not the edge pixel
+    assert farthest_point(_square((40, 40), 0, 0, 9)) == (4, 4)
+    assert farthest_point(np.zeros((5, 5), bool)) is None
+
+
+def test_the_first_click_goes_into_the_largest_component():
+    target = _square((64, 64), 2, 2, 5) | _square((64, 64), 30, 30, 15)
+    assert largest_component(target).sum() == 15 * 15
+    assert first_click(target) == (37, 37, 1)
+    assert first_click(np.zeros((8, 8), bool)) is None
+
+
+def test_a_missed_region_larger_than_the_false_one_gets_a_positive_click():
+    shape = (64, 64)
+    kept, missed = _square(shape, 5, 5, 10), _square(shape, 40, 40, 12)
+    false = _square(shape, 5, 45, 6)
+    target, prediction = kept | missed, kept | false
+    y, x, sign = next_click(prediction, target)
+    assert sign == 1 and missed[y, x] and (y, x) == (45, 45)
+
+
+def test_a_false_region_larger_than_each_missed_one_gets_a_negative_click():
+    shape = (64, 64)
+    kept = _square(shape, 5, 5, 10)
+    # three missed pieces of 25 px add up to more than the false region of 49 px, but the
+    # largest single error region is the false one
+    missed = _square(shape, 40, 2, 5) | _square(shape, 40, 20, 5) | _square(shape, 55, 40, 5)
+    false = _square(shape, 30, 50, 7)
+    y, x, sign = next_click(kept | false, kept | missed)
+    assert sign == -1 and false[y, x] and (y, x) == (33, 53)
+
+
+def test_no_click_when_the_prediction_is_right():
+    target = _square((32, 32), 4, 4, 8)
+    assert next_click(target, target) is None
+
+
+def test_click_training_gives_logits_with_gradient_and_leaves_the_mode_alone():
+    torch.manual_seed(0)
+    model = create_model("unet_tiny", prompts=True).train()
+    masks = torch.zeros(3, 1, 64, 64)
+    masks[0, 0, 10:30, 10:30] = 1
+    masks[1, 0, 40:60, 5:20] = 1  # the third has no object: no first click, only corrections
+    batch = {"image": torch.rand(3, 3, 64, 64), "mask": masks}
+    sim = ClickTraining(iterations=3)
+    logits = sim.forward(model, batch, np.random.default_rng(0))
+    assert logits.shape == (3, 1, 64, 64) and logits.requires_grad and model.training
+    logits.mean().backward()
+    assert model.prompt_adapter.project.weight.grad.abs().sum() > 0
+
+
+def test_click_training_refuses_a_model_without_prompt_inputs():
+    batch = {"image": torch.rand(1, 3, 64, 64), "mask": torch.zeros(1, 1, 64, 64)}
+    with pytest.raises(ValueError, match="prompt inputs"):
+        ClickTraining().forward(create_model("unet_tiny"), batch, np.random.default_rng(0))

@@ -1,0 +1,171 @@
+"""Prompt inputs (clicks, box, previous mask): the zero start changes nothing, checkpoints with
+and without them load, the maps say what the clicks say."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from src_models.engine.checkpoint import (
+    load_checkpoint,
+    load_weights_into,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+from src_models.inference import DEFAULT_CHECKPOINT, Predictor
+from src_models.models import create_model, list_models
+from src_models.models.prompts import (
+    add_prompt_inputs,
+    click_radius,
+    encode_prompts,
+    entry_conv,
+    prompting,
+    reads_prompts,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = [n for n in list_models() if n.endswith("_tiny")]
+
+
+def _maps(size: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    clicks = [[(*rng.integers(0, size, 2), 1), (*rng.integers(0, size, 2), -1)]]
+    prev = torch.from_numpy(rng.random((1, 1, size, size)).astype(np.float32))
+    return encode_prompts(size, clicks, [(3, 4, size // 2, size // 3)], prev)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_family_gets_prompt_inputs_that_start_at_zero(name):
+    torch.manual_seed(0)
+    plain = create_model(name, text_dim=384).eval()
+    prompted = create_model(name, prompts=True, text_dim=384).eval()
+    assert reads_prompts(prompted) and not reads_prompts(plain)
+    assert prompted.model_config["prompts"] is True
+    prompted.load_state_dict(plain.state_dict(), strict=False)
+    size = plain.img_size
+    image = torch.rand(1, 3, size, size)
+    text = torch.randn(1, 5, 384) if plain.uses_text else None
+    with torch.no_grad():
+        before = plain(image, text)
+        with prompting(prompted, _maps(size)):
+            after = prompted(image, text)
+    assert torch.equal(before, after)
+    # once the adapter is not zero, the clicks change the logits
+    with torch.no_grad():
+        prompted.prompt_adapter.project.weight.normal_()
+        with prompting(prompted, _maps(size)):
+            changed = prompted(image, text)
+        unprompted = prompted(image, text)
+    assert not torch.allclose(changed, before)
+    assert torch.equal(unprompted, before)  # no maps: the text-only model exactly
+
+
+def test_all_zero_maps_add_exactly_nothing_even_after_training():
+    torch.manual_seed(0)
+    model = create_model("unet_tiny", prompts=True).eval()
+    with torch.no_grad():
+        model.prompt_adapter.project.weight.normal_()
+        image = torch.rand(2, 3, 64, 64)
+        with prompting(model, torch.zeros(2, 4, 64, 64)):
+            zero = model(image)
+        assert torch.equal(zero, model(image))
+
+
+def test_prompting_refuses_a_model_without_prompt_inputs_and_bad_maps():
+    plain = create_model("unet_tiny")
+    with (
+        pytest.raises(ValueError, match="reads no clicks"),
+        prompting(plain, torch.zeros(1, 4, 8, 8)),
+    ):
+        pass
+    with prompting(plain, None):  # no prompts: always fine
+        pass
+    prompted = create_model("unet_tiny", prompts=True)
+    with (
+        pytest.raises(ValueError, match=r"\[B, 4, S, S\]"),
+        prompting(prompted, torch.zeros(1, 3, 8, 8)),
+    ):
+        pass
+
+
+def test_the_prompts_enter_the_segmentation_network_of_sks():
+    model = create_model("sks_unet_tiny", prompts=True)
+    assert entry_conv(model)[0] == "seg.encoder.inc.0"
+
+
+def test_a_deep_copy_feeds_its_own_adapter():
+    torch.manual_seed(0)
+    model = create_model("unet_tiny", prompts=True).eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.prompt_adapter.project.weight.normal_()
+        image, maps = torch.rand(1, 3, 64, 64), _maps(64)
+        with prompting(twin, maps):
+            moved = twin(image)
+        with prompting(model, maps):
+            still = model(image)
+        assert not torch.allclose(moved, still)
+        assert torch.equal(still, model(image))
+
+
+def test_click_maps_are_disks_the_box_is_filled_and_many_clicks_cost_the_same():
+    size = 64
+    r = click_radius(size)
+    maps = encode_prompts(size, [[(10, 20, 1), (40, 50, -1)]], [(30, 5, 20, 15)])
+    pos, neg, box = maps[0, 0], maps[0, 1], maps[0, 2]
+    assert pos[10, 20] == 1 and pos[10, 20 + r] == 1 and pos[10, 20 + r + 1] == 0
+    assert neg[40, 50] == 1 and pos[40, 50] == 0 and neg[10, 20] == 0
+    assert int(pos.sum()) == int(neg.sum())  # the same disk
+    assert box[20:31, 5:16].all() and box.sum() == 11 * 11  # corners in any order, inclusive
+    many = [[(y, x, 1 if (y + x) % 2 else -1) for y in range(100) for x in range(100)]]
+    dense = encode_prompts(size, many)  # 10,000 clicks, clamped into the map
+    assert dense[0, 0].all() and dense[0, 1].all()
+
+
+def test_a_checkpoint_from_before_prompts_loads_and_predicts_the_same_mask(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("unet_tiny")  # today's code path: no prompts
+    path = save_checkpoint(tmp_path / "old.safetensors", model)
+    assert read_checkpoint_meta(path)["reads_prompts"] is False
+    image = np.random.default_rng(0).random((80, 90)).astype(np.float32)
+    expected = Predictor(model, device="cpu").predict(image).prob
+    loaded, meta = load_checkpoint(path)
+    assert not reads_prompts(loaded) and "prompts" not in meta["model_config"]
+    assert np.array_equal(Predictor(loaded, device="cpu").predict(image).prob, expected)
+    # its weights also load into a prompted model, which then predicts the same with clicks
+    prompted = create_model("unet_tiny", prompts=True)
+    with torch.no_grad():
+        prompted.prompt_adapter.project.weight.normal_()  # a trained adapter goes back to zero
+    load_weights_into(prompted, path)
+    clicked = Predictor(prompted, device="cpu").predict(image, clicks=[(40, 45, 1)]).prob
+    assert np.array_equal(clicked, expected)
+
+
+def test_a_prompted_checkpoint_rebuilds_its_adapter(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lvit_tiny", prompts=True, text_dim=384)
+    with torch.no_grad():
+        model.prompt_adapter.project.weight.normal_()
+    path = save_checkpoint(tmp_path / "clicks.safetensors", model)
+    loaded, meta = load_checkpoint(path)
+    assert meta["reads_prompts"] is True and reads_prompts(loaded)
+    assert torch.equal(loaded.prompt_adapter.project.weight, model.prompt_adapter.project.weight)
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no shipped default")
+def test_the_shipped_default_predicts_the_same_masks_with_a_zero_adapter(text_encoder):
+    from src_models.data.synthetic import sample_chest_xray
+
+    image, _mask, text = sample_chest_xray(seed=3, size=256)
+    plain = Predictor("default", device="cpu", text_encoder=text_encoder)
+    expected = plain.predict(image, text).mask
+    prompted_model, _meta = load_checkpoint(DEFAULT_CHECKPOINT)
+    add_prompt_inputs(prompted_model)
+    prompted = Predictor(prompted_model, device="cpu", text_encoder=text_encoder)
+    assert np.array_equal(prompted.predict(image, text).mask, expected)
+    clicked = prompted.predict(image, text, clicks=[(128, 100, 1)], box=(20, 20, 200, 220))
+    assert np.array_equal(clicked.mask, expected)

@@ -43,6 +43,7 @@ FULL = RetrainConfig(
     num_threads=1,
     clcc=True,
     clcc_grid=3,
+    clicks=2,
     replace_if_worse=True,
     semi_options={"beta": 0.9, "margin": 0.2},
 )

@@ -159,8 +159,6 @@ def cmd_train(args) -> int:
         raise ValueError("--init and --resume exclude each other")
     if args.clicks < 0:
         raise ValueError(f"--clicks must be >= 0, got {args.clicks}")
-    if args.clicks and args.semi != "none":
-        raise ValueError("--clicks does not combine with --semi epi yet: train with clicks first")
     check_new_checkpoint(args.out, uses={"the --init checkpoint": args.init})
     encoder = None if args.no_text else TextEncoder(args.text_encoder)
     if args.resume:

@@ -137,6 +137,11 @@ class RetrainConfig:
         "images without masks too, with or without EPI",
     )
     clcc_grid: int = _opt(2, "CLCC grid side n (n x n patches)")
+    clicks: int | None = _opt(
+        None,
+        "simulated correction clicks per training batch, so that the model learns to take "
+        "clicks (none: 3 when the starting model reads clicks, so that it keeps them, else 0)",
+    )
     replace_if_worse: bool = _opt(
         False,
         "make the new model current even if it scores below the current one on validation",
@@ -168,6 +173,8 @@ class RetrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.img_size is not None and (self.img_size < 16 or self.img_size % 16):
             raise ValueError(f"img_size must be a multiple of 16, got {self.img_size}")
+        if self.clicks is not None and int(self.clicks) < 0:
+            raise ValueError(f"clicks must be >= 0, got {self.clicks}")
         if int(self.clcc_grid) < 2:
             raise ValueError(f"clcc_grid must be >= 2, got {self.clcc_grid}")
         if not isinstance(self.semi_options, dict):

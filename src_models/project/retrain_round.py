@@ -233,6 +233,7 @@ def plan_round(
     """The base model, samples, recipe and datasets of round ``round_id`` (writing ``work``)."""
     opened, base = _base_model(project, cfg)
     model, meta = opened.model, opened.meta
+    clicks = round_clicks(cfg, model)
     # a `napari-lvit pretrain` checkpoint has a trained encoder but an untrained decoder
     base_is_new = opened.new or (meta.get("training") or {}).get("kind") == "pretrain"
     uses_text = bool(getattr(model, "uses_text", False))
@@ -287,6 +288,7 @@ def plan_round(
         pseudo_dir=project.folder / "pseudo" / "epi",
         sizing=sizing,
         clcc=cfg.clcc and res.is_whole,
+        clicks=clicks,
     )
     labeled = None
     if res.is_whole:
@@ -369,6 +371,7 @@ def round_recipe(
     pseudo_dir: str | os.PathLike,
     sizing: RoundSizing | None = None,
     clcc: bool | None = None,
+    clicks: int = 0,
 ) -> TrainingRecipe:
     """The engine configs of a project round: ``cfg.epochs`` epochs at ``cfg.lr`` in one cosine
     cycle, no early stopping; with EPI one EPI update + those epochs per project round (a new,
@@ -404,6 +407,7 @@ def round_recipe(
         out=None if out is None else str(out),
         save_last=False,
         threshold=threshold,
+        clicks=int(clicks),
     )
     clcc = semi = classifier = None
     if cfg.clcc if clcc is None else clcc:
@@ -425,6 +429,24 @@ def round_recipe(
             epochs=epochs, batch_size=max(2, sizing.batch_size), seed=cfg.seed, device=cfg.device
         )
     return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)
+
+
+#: Simulated clicks per batch in the rounds of a model that reads clicks (unless configured).
+CLICKS_OF_PROMPTED = 3
+
+
+def round_clicks(cfg: RetrainConfig, model: Any) -> int:
+    """The round's simulated clicks per batch (``cfg.clicks``; by default 3 for a model that
+    reads clicks, so that it keeps them, else 0); a model that is to learn them gets its
+    prompt inputs (:func:`~src_models.models.prompts.add_prompt_inputs`, starting at zero).
+    The pseudo-labelled images of an EPI round get clicks from their pseudo labels."""
+    from src_models.models.prompts import add_prompt_inputs, reads_prompts
+
+    prompted = reads_prompts(model)
+    clicks = int(cfg.clicks) if cfg.clicks is not None else CLICKS_OF_PROMPTED * prompted
+    if clicks and not prompted:
+        add_prompt_inputs(model)
+    return clicks
 
 
 def validation_dice(model, val_set, encoder, config) -> float | None:

@@ -243,3 +243,37 @@ def test_sigkill_mid_round_loses_no_commit(tmp_path):
     events = list(retrain(folder, epochs=1, semi="off", **TINY))
     assert isinstance(events[0], RetrainRoundStart) and events[0].n_labeled == 5
     assert events[-1].status == "done"
+
+
+def test_rounds_train_clicks_and_a_model_that_reads_them_keeps_them(tmp_path):
+    """``clicks``: the round's model gets prompt inputs and learns from simulated clicks, in an
+    EPI round too (the pseudo-labelled images get clicks from their pseudo labels); a model
+    that reads clicks keeps training with them by default. The checkpoint takes clicks."""
+    from src_models.data.io import read_image
+    from src_models.inference import Predictor
+
+    folder = make_project(tmp_path, n=6, labeled=2)
+    events = list(retrain(folder, epochs=1, clicks=2, start="model", **TINY))
+    end = next(e for e in events if isinstance(e, RetrainRoundEnd))
+    assert end.status == "done" and end.metrics["engine"] == "epi"
+    assert end.metrics["trainer"]["train"]["clicks"] == 2
+    assert read_checkpoint_meta(end.checkpoint)["reads_prompts"]
+    # the next round starts from that model, and trains clicks without being told to
+    again = next(
+        e for e in retrain(folder, epochs=1, semi="off", **TINY) if isinstance(e, RetrainRoundEnd)
+    )
+    assert again.status == "done" and again.metrics["trainer"]["train"]["clicks"] == 3
+    predictor = Predictor(again.checkpoint, device="cpu")
+    with Project.open(folder) as p:
+        rec = p.images()[0]
+    image = read_image(rec.path)
+    plain = predictor.predict(image, rec.text).prob
+    clicked = predictor.predict(image, rec.text, clicks=[(10, 10, 1)]).prob
+    assert plain.shape == clicked.shape and not np.allclose(plain, clicked)
+    # and a plain model trains without clicks (the default)
+    other = make_project(tmp_path / "other", n=6, labeled=2)
+    plain_round = next(
+        e for e in retrain(other, epochs=1, **TINY) if isinstance(e, RetrainRoundEnd)
+    )
+    assert plain_round.metrics["trainer"]["train"]["clicks"] == 0
+    assert not read_checkpoint_meta(plain_round.checkpoint)["reads_prompts"]

@@ -38,6 +38,7 @@ from .io import (
     probe_image,
     to_float01,
 )
+from .paraphrase import paraphrase
 from .tables import (  # the table readers lived here: `from .dataset import ...` still works
     LABEL_COLUMNS,  # noqa: F401
     DatasetError,
@@ -265,6 +266,11 @@ class SegmentationDataset(Dataset):
         Side of the square model input.
     augment:
         Apply :func:`transforms.augment` in ``__getitem__`` (training).
+    paraphrase_text:
+        With ``augment``, say each text anew from its facts (:func:`~.paraphrase.paraphrase`:
+        texts whose facts it cannot read, e.g. reports, stay as they are). Drawn from its own
+        stream ``default_rng([seed, epoch, index, 1])``, so the image augmentation is the same
+        with or without it.
     spatial_text:
         ``True`` turns off side-changing augmentation (rot90, flips), ``False`` keeps the paper's
         augmentation, ``None`` (auto) = ``True`` if any text says left/right/upper/lower.
@@ -312,6 +318,7 @@ class SegmentationDataset(Dataset):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         num_workers: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        paraphrase_text: bool = True,
     ):
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
@@ -331,6 +338,7 @@ class SegmentationDataset(Dataset):
         self.img_size = int(img_size)
         self.in_chans = int(in_chans)
         self.augment = bool(augment)
+        self.paraphrase_text = bool(paraphrase_text)
         self.seed = int(seed)
         self.epoch = 0
         self.mask_resize = mask_resize
@@ -432,17 +440,21 @@ class SegmentationDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         img = self._images[index].astype(np.float32) * np.float32(1.0 / 255.0)
         mask = self._masks[index]
+        text = self._texts[index]
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             img, mask = T.augment(img, mask, rng, spatial_text=self.spatial_text)
             img = np.clip(img, 0.0, 1.0)
+            # Subclasses that build their own arrays (the project's) keep their texts.
+            if getattr(self, "paraphrase_text", False):
+                text = paraphrase(text, np.random.default_rng([self.seed, self.epoch, index, 1]))
         image_t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         return {
             "image": image_t,
             "mask": mask_t,
             "has_mask": bool(self._has_mask[index]),
-            "text": self._texts[index],
+            "text": text,
             "name": self.names[index],
             "index": index,
         }

@@ -41,8 +41,9 @@ from torch import Tensor, nn
 
 from src_models.models.blocks import UNetDecoder, UNetEncoder, check_image
 from src_models.models.registry import build_config, register_model
+from src_models.models.text_coupling import MultiScaleTextCoupling, check_text_coupling
 
-__all__ = ["LViT", "LViTConfig", "lvit_s", "lvit_t", "lvit_tiny"]
+__all__ = ["LViT", "LViTConfig", "lvit_s", "lvit_s_wordattn", "lvit_t", "lvit_tiny"]
 
 
 @dataclass
@@ -59,8 +60,14 @@ class LViTConfig:
     vit_depth: int = 1
     vit_dropout: float = 0.1
     qkv_bias: bool = True
+    #: "paper": the text only through :class:`TextPath`, as published. "word_attention" or
+    #: "film" add a :class:`~src_models.models.text_coupling.MultiScaleTextCoupling` on the
+    #: encoder maps the ViT and the decoder read. The default stays "paper", so a stored config
+    #: without this field (every checkpoint made before it existed) rebuilds the same model.
+    text_coupling: str = "paper"
 
     def __post_init__(self) -> None:
+        check_text_coupling(self.text_coupling)
         if self.img_size <= 0 or self.img_size % 16:
             raise ValueError(f"img_size must be a positive multiple of 16, got {self.img_size}")
         if self.base_width < 2 or self.base_width % 2:
@@ -77,6 +84,12 @@ class LViTConfig:
             raise ValueError(f"vit_mlp_ratio must be > 0, got {self.vit_mlp_ratio}")
         if not 0.0 <= self.vit_dropout < 1.0:
             raise ValueError(f"vit_dropout must be in [0, 1), got {self.vit_dropout}")
+
+    @property
+    def coupling_scales(self) -> tuple[int, ...]:
+        """Encoder maps conditioned by a multi-scale coupling: all but the full-resolution one
+        (its features see edges, not objects, and it is the costliest map to attend from)."""
+        return (1, 2, 3, 4)
 
     @property
     def grid(self) -> int:
@@ -289,6 +302,14 @@ class LViT(nn.Module):
 
         self.encoder = UNetEncoder(cfg.in_chans, w)
         self.text = TextPath(cfg)
+        # Only built when chosen: a paper model keeps exactly its published parameters.
+        self.coupling = (
+            MultiScaleTextCoupling(
+                cfg.text_coupling, [*dims, 8 * w], cfg.text_dim, cfg.coupling_scales
+            )
+            if cfg.text_coupling != "paper"
+            else None
+        )
         self.down_vit = nn.ModuleList(
             DownViT(cfg, d, p, reduce=i > 0)
             for i, (d, p) in enumerate(zip(dims, patches, strict=True))
@@ -349,6 +370,8 @@ class LViT(nn.Module):
         feats = self.encoder(image)
         txt, keep = self.prepare_text(text, text_mask, image.shape[0], image)
         text_tokens = self.text(txt, keep)
+        if self.coupling is not None:
+            feats = self.coupling(feats, txt, keep)
 
         # ViT down path (level 1 gets the text), then up path from the top level.
         ys: list[Tensor] = []
@@ -382,6 +405,25 @@ def lvit_s(**overrides) -> LViT:
     2 heads keep LViT-T's head size at the first ViT level (8 channels per head)."""
     return _build(
         dict(img_size=224, base_width=16, text_dim=384, text_len=40, vit_heads=2), overrides
+    )
+
+
+@register_model
+def lvit_s_wordattn(**overrides) -> LViT:
+    """``lvit_s`` with pixel-to-word attention at four encoder scales (``text_coupling=
+    "word_attention"``): learns which object a free-phrased text names from hundreds of
+    examples (``benchmarks/bench_text.py``). A name of its own, so that the checkpoints of
+    ``lvit_s`` (whose stored configs predate the field) keep rebuilding the paper model."""
+    return _build(
+        dict(
+            img_size=224,
+            base_width=16,
+            text_dim=384,
+            text_len=40,
+            vit_heads=2,
+            text_coupling="word_attention",
+        ),
+        overrides,
     )
 
 

@@ -45,6 +45,7 @@ from src_models.losses.conditioned_contrastive import conditioned_contrastive_lo
 from src_models.losses.masked_reconstruction import masked_mse
 from src_models.models.blocks import UNetDecoder, UNetEncoder, check_image
 from src_models.models.registry import build_config, register_model
+from src_models.models.text_coupling import MultiScaleTextCoupling, check_text_coupling
 
 __all__ = ["ImageFeatures", "RecLMIS", "RecLMISConfig", "reclmis", "reclmis_s", "reclmis_tiny"]
 
@@ -55,6 +56,10 @@ class RecLMISConfig:
 
     ``text_len`` is the number of text tokens used (longer texts are truncated).
     ``contrastive_weight`` and ``reconstruction_weight`` scale the training-only terms.
+    ``text_coupling``: ``"paper"`` (text meets the image at the bottleneck only, as published;
+    the default, so a stored config without the field rebuilds the same model) or a multi-scale
+    coupling of :mod:`~src_models.models.text_coupling` on the encoder's skips and bottleneck
+    as well. The skips then depend on the text, so a new prompt no longer reuses them.
     """
 
     img_size: int = 224
@@ -73,8 +78,10 @@ class RecLMISConfig:
     temperature: float = 0.07
     contrastive_weight: float = 0.2
     reconstruction_weight: float = 1.0
+    text_coupling: str = "paper"
 
     def __post_init__(self) -> None:
+        check_text_coupling(self.text_coupling)
         if self.img_size <= 0 or self.img_size % 16:
             raise ValueError(f"img_size must be a positive multiple of 16, got {self.img_size}")
         for name in ("in_chans", "base_width", "text_dim", "text_len", "heads", "recon_depth"):
@@ -308,6 +315,13 @@ class RecLMIS(nn.Module):
             d, cfg.heads, cfg.recon_depth, cfg.mlp_ratio, cfg.text_dim
         )
         self._auxiliary: dict[str, Tensor] = {}
+        # Built only when chosen: a paper model keeps exactly its published parameters.
+        self.coupling = None
+        if cfg.text_coupling != "paper":
+            self.coupling = MultiScaleTextCoupling(
+                cfg.text_coupling, [w, 2 * w, 4 * w, 8 * w, 8 * w], cfg.text_dim, (1, 2, 3, 4)
+            )
+            self.supports_feature_reuse = False  # the skips now depend on the text
 
     # ----------------------------------------------------------------------------- text
 
@@ -378,6 +392,9 @@ class RecLMIS(nn.Module):
         ``[B, 1, S, S]``. In training mode (with text) also computes the auxiliary losses."""
         check_image(image, self.in_chans, self.img_size)
         feats = self.encoder(image)
+        if self.coupling is not None:
+            txt, keep = self.prepare_text(text, text_mask, image.shape[0], image)
+            feats = self.coupling(feats, txt, keep)
         v0 = self.image_tokens(feats[4])
         v1, txt, t0, t1, keep = self.interact(v0, text, text_mask)
         feats[4] = self.tokens_to_map(v1)
@@ -448,6 +465,11 @@ class RecLMIS(nn.Module):
         conv_up(up)``, so a new text only pays for ``conv_up``. In eval mode the BatchNorm that
         follows is folded in as well (``folded=True``).
         """
+        if self.coupling is not None:
+            raise RuntimeError(
+                f"text_coupling={self.config.text_coupling!r} conditions the skips on the text: "
+                "there is no text-independent part to reuse; call the model instead"
+            )
         check_image(image, self.in_chans, self.img_size)
         feats = self.encoder(image)
         folded = not self.training

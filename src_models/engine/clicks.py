@@ -108,21 +108,24 @@ class ClickTraining:
 
     ``iterations``: at most this many correction passes per batch (drawn from 0..iterations).
     ``text_drop``: probability that a batch of a text model is run without its text.
-    ``text_first``: with text, the probability that an item starts with no click (the text's
-    proposal is what the clicks then correct). ``box``: probability that an item also gets the
+    ``proposal_first``: the probability that an item starts with no click: the model's own
+    proposal (from its text, if it reads one) is what the clicks then correct, with negative
+    clicks where it took too much. (Starting every item from a click inside the object leaves
+    few false regions, and the model never learns to let a remove-click win over a previous
+    mask that holds the region.) ``box``: probability that an item also gets the
     box around its object.
     """
 
     iterations: int = 3
     text_drop: float = 0.3
-    text_first: float = 0.5
+    proposal_first: float = 0.5
     box: float = 0.1
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if int(self.iterations) < 0:
             raise ValueError(f"click iterations must be >= 0, got {self.iterations}")
-        for name in ("text_drop", "text_first", "box"):
+        for name in ("text_drop", "proposal_first", "box"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"ClickTraining.{name} must be in [0, 1]")
 
@@ -143,7 +146,7 @@ class ClickTraining:
         clicks: list[list[Click]] = [[] for _ in targets]
         boxes: list[tuple[int, int, int, int] | None] = [None] * len(targets)
         for i, target in enumerate(targets):
-            if tokens is not None and rng.random() < self.text_first:
+            if rng.random() < self.proposal_first:
                 continue
             click = _random_interior_click(target, rng)
             if click is not None:

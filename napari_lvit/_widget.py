@@ -411,18 +411,23 @@ class SegmentWidget(Container):
             return predictor.predict(plane, text or None, threshold=threshold, window=window)
 
         self.set_busy(f"Segmenting with {Path(source).name}…")
+        self._run_job(job, lambda result: self._on_done(layer, index, result))
+
+    def _run_job(self, job, done) -> None:
+        """``done(job())`` in a worker (on the calling thread with ``run_synchronously``); an
+        error is reported on the status line instead."""
         if self.run_synchronously:
             try:
                 result = job()
             except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
                 self.report_error(exc)
             else:
-                self._on_done(layer, index, result)
+                done(result)
             return
         from napari.qt.threading import create_worker
 
         worker = create_worker(job)
-        worker.returned.connect(lambda result: self._on_done(layer, index, result))
+        worker.returned.connect(done)
         worker.errored.connect(self.report_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -525,22 +530,7 @@ class SegmentWidget(Container):
             self.clicks_applied.emit(labels, index)
 
         self.set_busy("Applying the clicks…")
-        if self.run_synchronously:
-            try:
-                result = job()
-            except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
-                self.report_error(exc)
-            else:
-                done(result)
-            return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(job)
-        worker.returned.connect(done)
-        worker.errored.connect(self.report_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
+        self._run_job(job, done)
 
     # --- whole volume --------------------------------------------------------------------
     @property

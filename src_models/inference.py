@@ -251,7 +251,7 @@ class Predictor:
         if not self.uses_text:
             return None, None
         if not required and (text is None or not text.strip()):
-            return None, None  # clicks alone: a model trained with clicks saw batches so
+            return None, None  # clicks alone: click training runs some batches without text
         if text is None or not text.strip():
             raise ValueError("this model reads text: type a description of the image first")
         feats = self.text_encoder.encode([validate_text(text)] * batch).to(self.device)

@@ -302,6 +302,10 @@ class SegmentationDataset(Dataset):
     ``index`` int.
     """
 
+    #: Subclasses that build their own arrays without this ``__init__`` (the project's
+    #: ``ProjectDataset``) keep their texts as they are.
+    paraphrase_text = False
+
     def __init__(
         self,
         records_or_split_dir: str | os.PathLike | Sequence[SegmentationRecord],
@@ -445,8 +449,7 @@ class SegmentationDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             img, mask = T.augment(img, mask, rng, spatial_text=self.spatial_text)
             img = np.clip(img, 0.0, 1.0)
-            # Subclasses that build their own arrays (the project's) keep their texts.
-            if getattr(self, "paraphrase_text", False):
+            if self.paraphrase_text:
                 text = paraphrase(text, np.random.default_rng([self.seed, self.epoch, index, 1]))
         image_t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]

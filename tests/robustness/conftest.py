@@ -1,7 +1,7 @@
 """Fixtures of the robustness suite (helpers: ``robustness_cases``).
 
 Issue 20: every bad input ends in one clear line and changes nothing on disk. The suite holds
-201 cases (collected test items), by what is bad in them:
+204 cases (collected test items), by what is bad in them:
 
 ==========================  =====  ==================================================
 kind                        cases  e.g.
@@ -19,8 +19,9 @@ project                        29  corrupt / foreign / newer manifest, creation 
                                    ``pseudo`` on no project / no round / bad confidence
 output path                    21  an input as output, ``--prob-out`` = ``--out``, a
                                    wrong suffix, read-only folder, ``synth --size``
-flags, devices, boundary       21  thresholds outside (0, 1), bad devices, usage
-                                   errors, unexpected errors (``--debug``)
+flags, devices, boundary       24  thresholds outside (0, 1), bad devices, usage
+                                   errors, unexpected errors (``--debug``),
+                                   ``--workers -1``, ``--clicks -2``
 prompts (issue 14)             30  clicks outside the image, NaN, a sign of 0,
                                    a box of zero area or outside, 10,000 clicks,
                                    clicks for a model without prompt inputs or a

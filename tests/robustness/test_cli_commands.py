@@ -84,6 +84,8 @@ def test_train_on_a_broken_dataset(ws, capsys, damage, fragments):
         (["--init", "missing.safetensors"], "missing.safetensors"),
         (["--resume", "missing.safetensors"], "checkpoint not found"),
         (["--init", "unet.safetensors", "--resume", "unet.safetensors"], "exclude each other"),
+        (["--workers", "-1"], "num_workers must be >= 0, got -1"),
+        (["--clicks", "-2"], "--clicks must be >= 0, got -2"),
     ],
 )
 def test_train_with_a_bad_flag(ws, capsys, monkeypatch, flags, fragment):
@@ -228,6 +230,7 @@ def test_retrain_on_a_bad_project(ws, capsys, case, fragments):
         ("{not json", ["not JSON"]),
         (json.dumps({"epochs": 2, "wrong": 1}), ["wrong"]),
         (json.dumps({"epochs": 0}), ["epochs must be >= 1"]),
+        (json.dumps({"clicks": -1}), ["clicks must be >= 0, got -1"]),
     ],
 )
 def test_retrain_with_a_bad_config(ws, capsys, config, fragments):

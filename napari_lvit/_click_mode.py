@@ -293,7 +293,7 @@ class ClickMode:
         name = image.name + CLICKS_SUFFIX
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Points):
             return self.viewer.layers[name]
-        size = max(3.0, 0.012 * max(_plane_shape(image)))
+        size = max(6.0, 0.03 * max(_plane_shape(image)))  # a diameter that is seen at any zoom
         return self.viewer.add_points(
             np.empty((0, image.ndim)),
             name=name,

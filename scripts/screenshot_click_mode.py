@@ -23,7 +23,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,34 +32,6 @@ CHECKPOINT = REPO / "benchmarks" / "out" / "clicks" / "clicks.safetensors"
 HOW_TO = "make one with `python -m benchmarks.bench_clicks` (it writes " + str(
     CHECKPOINT.relative_to(REPO)
 )
-
-
-@dataclass
-class MouseEvent:
-    """What napari's mouse callbacks read of a vispy mouse event (as tests/plugin does)."""
-
-    type: str
-    position: tuple[float, ...]
-    button: int = 1
-    modifiers: tuple[str, ...] = ()
-    is_dragging: bool = False
-    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    view_direction: list[float] | None = None
-    up_direction: list[float] | None = None
-    dims_displayed: list[int] = field(default_factory=lambda: [0, 1])
-
-
-def click(layer, world: tuple[float, float], **kwargs) -> None:
-    """A press and release at ``world`` on ``layer``, through napari's mouse callbacks."""
-    from napari.utils._proxies import ReadOnlyWrapper
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
-
-    for kind, callbacks in (("mouse_press", mouse_press_callbacks), ("mouse_release", None)):
-        event = ReadOnlyWrapper(MouseEvent(kind, world, **kwargs), exceptions=("handled",))
-        if callbacks is not None:
-            callbacks(layer, event)
-        else:
-            mouse_release_callbacks(layer, event)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_lvit._click_mode import CLICKS_SUFFIX
+    from napari_lvit._mouse import click
     from napari_lvit._widget import FROM_FILE, PROPOSAL_SUFFIX, SegmentWidget
     from src_models.data.synthetic import make_qata_sample
     from src_models.engine.clicks import next_click

@@ -4,45 +4,17 @@ counts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
 
 from napari_lvit._click_mode import BOX_SUFFIX, CLICKS_SUFFIX, TOGGLE_KEY
+from napari_lvit._mouse import click
 from napari_lvit._widget import PROPOSAL_SUFFIX, SegmentWidget
 from src_models.engine.checkpoint import save_checkpoint
 from src_models.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@dataclass
-class MouseEvent:
-    """What napari's mouse callbacks read of a vispy mouse event."""
-
-    type: str
-    position: tuple[float, ...]
-    button: int = 1
-    modifiers: tuple[str, ...] = ()
-    is_dragging: bool = False
-    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    view_direction: list[float] | None = None
-    up_direction: list[float] | None = None
-    dims_displayed: list[int] = field(default_factory=lambda: [0, 1])
-
-
-def click(layer, world: tuple[float, float], **kwargs) -> None:
-    from napari.utils._proxies import ReadOnlyWrapper
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
-
-    for kind, callbacks in (("mouse_press", mouse_press_callbacks), ("mouse_release", None)):
-        event = ReadOnlyWrapper(MouseEvent(kind, world, **kwargs), exceptions=("handled",))
-        if callbacks is not None:
-            callbacks(layer, event)
-        else:
-            mouse_release_callbacks(layer, event)
 
 
 @pytest.fixture

@@ -34,11 +34,6 @@ HOW_TO = "make one with `python -m benchmarks.bench_clicks` (it writes " + str(
 )
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else float((a & b).sum() / union)
-
-
 def settle(app) -> None:
     for _ in range(20):
         app.processEvents()
@@ -86,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_lvit._widget import FROM_FILE, PROPOSAL_SUFFIX, SegmentWidget
     from src_models.data.synthetic import make_qata_sample
     from src_models.engine.clicks import next_click
+    from src_models.metrics import iou_score as iou
 
     torch.set_num_threads(1)  # a small model on a shared machine
     image, truth, text = make_qata_sample(

@@ -10,8 +10,9 @@ one. The image border counts as boundary, so a click never sits on the edge of t
 clicks: per batch, a random number of correction passes without gradient (model in eval mode,
 as at prediction time) places clicks and feeds each prediction back as the previous mask
 (its probabilities; prediction is given the binary labels); the last pass, with gradient,
-gives the logits the loss sees. The text is left out at random, and
-some items start from the text alone (no click) so the model learns to correct a text proposal.
+gives the logits the loss sees. The text is left out at random; some items start from the
+text alone (no click) so the model learns to correct a text proposal, and some from a confident
+wrong proposal so that it learns to let a click win over the previous mask.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "first_click",
     "largest_component",
     "next_click",
+    "wrong_proposal",
 ]
 
 
@@ -102,6 +104,25 @@ def _box_of(target: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
 
 
+def wrong_proposal(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A confident wrong previous mask for ``target`` ``[H, W]``: the target moved (with
+    wrap-around) off itself, an object of the right shape in the wrong place, as when a
+    proposal found a lesion but not the one meant. Along an axis where the object spans at most
+    half the image the shift is at least its extent (and the wrapped copy does not come back
+    onto it), so the copy misses the object wholly when either axis allows; along the other
+    axes the shift is any."""
+    target = np.asarray(target, bool)
+    rows, cols = np.nonzero(target)
+    if len(rows) == 0:
+        return target.copy()
+    shift = []
+    for coords, side in ((rows, target.shape[0]), (cols, target.shape[1])):
+        extent = int(coords.max() - coords.min()) + 1
+        low, high = (extent, side - extent) if 2 * extent <= side else (0, side - 1)
+        shift.append(int(rng.integers(low, high + 1)))
+    return np.roll(target, tuple(shift), axis=(0, 1))
+
+
 @dataclass
 class ClickTraining:
     """How :class:`~src_models.engine.trainer.Trainer` simulates clicks (``TrainConfig.clicks``).
@@ -112,22 +133,52 @@ class ClickTraining:
     proposal (from its text, if it reads one) is what the clicks then correct, with negative
     clicks where it took too much. (Starting every item from a click inside the object leaves
     few false regions, and the model never learns to let a remove-click win over a previous
-    mask that holds the region.) ``box``: probability that an item also gets the
-    box around its object.
+    mask that holds the region.) ``wrong_start``: the probability that an item (with an
+    object) starts instead from :func:`wrong_proposal`, a confident previous mask in the wrong
+    place, and the correction click against it. (Without it the previous mask of training is
+    nearly always right or unsure, and a toy model learned at some seeds to keep a confident
+    previous mask and ignore a positive click on the object it missed:
+    tests/engine/test_click_training.py.) ``box``: probability that an item also gets the box
+    around its object.
     """
 
     iterations: int = 3
     text_drop: float = 0.3
     proposal_first: float = 0.5
+    wrong_start: float = 0.2
     box: float = 0.1
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if int(self.iterations) < 0:
             raise ValueError(f"click iterations must be >= 0, got {self.iterations}")
-        for name in ("text_drop", "proposal_first", "box"):
+        for name in ("text_drop", "proposal_first", "wrong_start", "box"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"ClickTraining.{name} must be in [0, 1]")
+
+    def start(
+        self, targets: np.ndarray, rng: np.random.Generator
+    ) -> tuple[list[list[Click]], list[tuple[int, int, int, int] | None], Tensor]:
+        """The prompts before the correction passes for bool ``targets`` ``[B, S, S]``: per
+        item its clicks and box, and the previous masks float ``[B, 1, S, S]`` (zero but for
+        the items that start from a wrong proposal)."""
+        clicks: list[list[Click]] = [[] for _ in targets]
+        boxes: list[tuple[int, int, int, int] | None] = [None] * len(targets)
+        previous = torch.zeros(len(targets), 1, *targets.shape[1:])
+        for i, target in enumerate(targets):
+            if target.any() and rng.random() < self.wrong_start:
+                wrong = wrong_proposal(target, rng)
+                previous[i, 0] = torch.from_numpy(wrong.astype(np.float32))
+                click = next_click(wrong, target)
+            elif rng.random() < self.proposal_first:
+                continue
+            else:
+                click = _random_interior_click(target, rng)
+                if rng.random() < self.box:
+                    boxes[i] = _box_of(target)
+            if click is not None:
+                clicks[i].append(click)
+        return clicks, boxes, previous
 
     def forward(self, model: nn.Module, batch: dict[str, Any], rng: np.random.Generator) -> Tensor:
         """Logits ``[B, 1, S, S]`` (with gradient) of ``model`` on a prepared batch
@@ -143,17 +194,8 @@ class ClickTraining:
             tokens = text_mask = None
         targets = (batch["mask"].detach()[:, 0] >= 0.5).cpu().numpy()
         size = int(image.shape[-1])
-        clicks: list[list[Click]] = [[] for _ in targets]
-        boxes: list[tuple[int, int, int, int] | None] = [None] * len(targets)
-        for i, target in enumerate(targets):
-            if rng.random() < self.proposal_first:
-                continue
-            click = _random_interior_click(target, rng)
-            if click is not None:
-                clicks[i].append(click)
-            if rng.random() < self.box:
-                boxes[i] = _box_of(target)
-        previous = torch.zeros(len(targets), 1, size, size, device=image.device)
+        clicks, boxes, previous = self.start(targets, rng)
+        previous = previous.to(image.device)
         passes = int(rng.integers(0, int(self.iterations) + 1))
         if passes:
             was_training = model.training

@@ -12,6 +12,7 @@ from src_models.engine.clicks import (
     first_click,
     largest_component,
     next_click,
+    wrong_proposal,
 )
 from src_models.models import create_model
 
@@ -59,6 +60,33 @@ def test_a_false_region_larger_than_each_missed_one_gets_a_negative_click():
 def test_no_click_when_the_prediction_is_right():
     target = _square((32, 32), 4, 4, 8)
     assert next_click(target, target) is None
+
+
+def test_a_wrong_proposal_is_the_object_moved_off_itself():
+    rng = np.random.default_rng(0)
+    target = _square((48, 48), 5, 30, 12)
+    for _ in range(20):
+        wrong = wrong_proposal(target, rng)
+        assert wrong.sum() == target.sum() and not (wrong & target).any()
+    # an object spanning one axis still misses itself along the other; one filling the image
+    # cannot
+    band = np.zeros((16, 16), bool)
+    band[:, 2:5] = True
+    assert not (wrong_proposal(band, rng) & band).any()
+    assert wrong_proposal(np.ones((8, 8), bool), rng).all()
+
+
+def test_an_item_that_starts_from_a_wrong_proposal_gets_the_click_on_its_object():
+    targets = np.zeros((2, 48, 48), bool)
+    targets[0] = _square((48, 48), 10, 10, 10)  # the second has no object: a plain start
+    clicks, boxes, previous = ClickTraining(wrong_start=1.0).start(
+        targets, np.random.default_rng(0)
+    )
+    wrong = previous[0, 0].numpy() > 0.5
+    assert wrong.sum() == targets[0].sum() and not (wrong & targets[0]).any()
+    ((y, x, sign),) = clicks[0]
+    assert sign == 1 and targets[0][y, x]
+    assert clicks[1] == [] and boxes == [None, None] and not previous[1].any()
 
 
 def test_click_training_gives_logits_with_gradient_and_leaves_the_mode_alone():

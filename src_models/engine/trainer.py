@@ -75,7 +75,7 @@ from src_models.engine.events import (
 )
 from src_models.engine.sync import gather_rows
 from src_models.losses import DiceBCELoss
-from src_models.models.prompts import reads_prompts
+from src_models.models.prompts import ADAPTER_NAME, reads_prompts
 
 
 @dataclasses.dataclass
@@ -117,6 +117,10 @@ class TrainConfig:
     # simulated clicks (models with prompt inputs): at most this many correction passes per
     # batch, src_models.engine.clicks.ClickTraining; 0 trains without clicks
     clicks: int = 0
+    # the learning rate of the prompt adapter (models with prompt inputs) as a multiple of lr
+    # (the schedule's floor min_lr is shared): it starts at zero beside a trained network, and
+    # at lr alone the clicks stayed weak beside the text (benchmarks/bench_clicks.py)
+    prompt_lr_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if self.out is not None:
@@ -128,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
         if int(self.clicks) < 0:
             raise ValueError(f"TrainConfig.clicks must be >= 0, got {self.clicks}")
+        if self.prompt_lr_scale <= 0:
+            raise ValueError(f"TrainConfig.prompt_lr_scale must be > 0, got {self.prompt_lr_scale}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError("TrainConfig.lr must be > 0 and min_lr >= 0")
         if not 0.0 < self.threshold < 1.0:
@@ -195,6 +201,7 @@ class Trainer:
         self.device = torch.device("cpu")
         self.use_text = False
         self.click_training: ClickTraining | None = None
+        self._corrected: torch.Tensor | None = None  # the last click forward's, for click_terms
         # progress state (saved in the training state)
         self.epoch = 0  # last completed epoch
         self.global_step = 0
@@ -344,10 +351,17 @@ class Trainer:
             check_masks(self.val_set)
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
-        """Adam + CosineAnnealingWarmRestarts (stepped once per epoch)."""
+        """Adam + CosineAnnealingWarmRestarts (stepped once per epoch); the prompt adapter's
+        parameters in a group of their own at ``prompt_lr_scale`` times the rate."""
         cfg = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        prompt, rest = [], []
+        for name, param in unwrap(self.model).named_parameters():
+            if param.requires_grad:
+                (prompt if name.startswith(ADAPTER_NAME + ".") else rest).append(param)
+        groups = [{"params": rest}]
+        if prompt:
+            groups.append({"params": prompt, "lr": cfg.lr * cfg.prompt_lr_scale})
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             opt, T_0=cfg.t0, eta_min=cfg.min_lr
         )
@@ -428,8 +442,19 @@ class Trainer:
         with ``config.clicks``, after simulated clicks (their RNG: seed, step and rank)."""
         if self.click_training is not None:
             rng = np.random.default_rng((self.config.seed, self.global_step, self.dist.rank))
-            return self.click_training.forward(self.ddp_model, batch, rng)
+            logits, self._corrected = self.click_training.forward(self.ddp_model, batch, rng)
+            return logits
         return model_forward(self.ddp_model, batch)
+
+    def click_terms(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss on the regions the simulated correction clicks pointed at (this rank's
+        rows: a mean per item, so averaging the gradients makes it global); ``{}`` without
+        clicks or with ``ClickTraining.corrected_weight`` 0."""
+        clicks = self.click_training
+        if clicks is None or not clicks.corrected_weight or self._corrected is None:
+            return {}
+        corrected, self._corrected = self._corrected, None
+        return {"clicked": clicks.corrected_loss(logits, batch["mask"], corrected)}
 
     def compute_loss(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named scalar loss terms; their sum is backpropagated (the name "loss" is reserved).
@@ -498,6 +523,7 @@ class Trainer:
             logits = self.forward(batch)
         # Read right after the forward that made them (a subclass may run the model again).
         model_terms = self.model_losses()
+        model_terms.update(self.click_terms(batch, logits))
         terms = self.compute_loss(batch, logits)
         if not terms or "loss" in terms:
             raise ValueError("compute_loss must return named terms, none of them called 'loss'")
@@ -730,7 +756,13 @@ class Trainer:
                 f"{old_seed}: the data order will differ from an uninterrupted run",
                 stacklevel=2,
             )
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # other parameter groups: a state from another version
+            raise CheckpointError(
+                f"the training state does not fit this model's optimizer ({err}); it was "
+                "written by another version: start a new run from the checkpoint's weights"
+            ) from err
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

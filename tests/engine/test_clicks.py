@@ -14,6 +14,8 @@ from src_models.engine.clicks import (
     next_click,
     wrong_proposal,
 )
+from src_models.engine.events import BatchEnd
+from src_models.engine.trainer import TrainConfig, Trainer
 from src_models.models import create_model
 
 
@@ -79,14 +81,15 @@ def test_a_wrong_proposal_is_the_object_moved_off_itself():
 def test_an_item_that_starts_from_a_wrong_proposal_gets_the_click_on_its_object():
     targets = np.zeros((2, 48, 48), bool)
     targets[0] = _square((48, 48), 10, 10, 10)  # the second has no object: a plain start
-    clicks, boxes, previous = ClickTraining(wrong_start=1.0).start(
-        targets, np.random.default_rng(0)
-    )
-    wrong = previous[0, 0].numpy() > 0.5
+    prompts = ClickTraining(wrong_start=1.0).start(targets, np.random.default_rng(0))
+    wrong = prompts.previous[0, 0].numpy() > 0.5
     assert wrong.sum() == targets[0].sum() and not (wrong & targets[0]).any()
-    ((y, x, sign),) = clicks[0]
+    ((y, x, sign),) = prompts.clicks[0]
     assert sign == 1 and targets[0][y, x]
-    assert clicks[1] == [] and boxes == [None, None] and not previous[1].any()
+    # the click asked for the whole missed object
+    assert np.array_equal(prompts.corrected[0], targets[0])
+    assert prompts.clicks[1] == [] and prompts.boxes == [None, None]
+    assert not prompts.previous[1].any() and not prompts.corrected[1].any()
 
 
 def test_click_training_gives_logits_with_gradient_and_leaves_the_mode_alone():
@@ -96,14 +99,61 @@ def test_click_training_gives_logits_with_gradient_and_leaves_the_mode_alone():
     masks[0, 0, 10:30, 10:30] = 1
     masks[1, 0, 40:60, 5:20] = 1  # the third has no object: no first click, only corrections
     batch = {"image": torch.rand(3, 3, 64, 64), "mask": masks}
-    sim = ClickTraining(iterations=3)
-    logits = sim.forward(model, batch, np.random.default_rng(0))
-    assert logits.shape == (3, 1, 64, 64) and logits.requires_grad and model.training
-    logits.mean().backward()
+    sim = ClickTraining(iterations=3, corrected_weight=1.0)
+    logits, corrected = sim.forward(model, batch, np.random.default_rng(0))
+    assert logits.shape == corrected.shape == (3, 1, 64, 64)
+    assert logits.requires_grad and model.training
+    # the corrected regions are errors of some pass: inside the object or outside it wholly
+    assert corrected.any()
+    term = sim.corrected_loss(logits, masks, corrected)
+    (logits.mean() + term).backward()
     assert model.prompt_adapter.project.weight.grad.abs().sum() > 0
+
+
+def test_the_corrected_loss_is_the_cross_entropy_on_the_clicked_regions_only():
+    sim = ClickTraining(corrected_weight=2.0)
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, :2] = 1
+    logits = torch.full((2, 1, 4, 4), -3.0)  # confident background: wrong on the object
+    corrected = torch.zeros(2, 1, 4, 4)
+    corrected[0, 0, 0, :2] = 1  # two missed pixels were clicked; item 1 had no correction
+    wrong = torch.nn.functional.softplus(torch.tensor(3.0))  # -log(sigmoid(-3))
+    assert torch.isclose(sim.corrected_loss(logits, target, corrected), 2 * wrong)
+    # what is outside the clicked regions does not count
+    logits[0, 0, 1] = 50.0
+    logits[1] = 50.0
+    assert torch.isclose(sim.corrected_loss(logits, target, corrected), 2 * wrong)
+    # no clicked region: zero, still a term of the graph
+    zero = sim.corrected_loss(logits.requires_grad_(), target, torch.zeros_like(corrected))
+    assert zero == 0 and zero.requires_grad
 
 
 def test_click_training_refuses_a_model_without_prompt_inputs():
     batch = {"image": torch.rand(1, 3, 64, 64), "mask": torch.zeros(1, 1, 64, 64)}
     with pytest.raises(ValueError, match="prompt inputs"):
         ClickTraining().forward(create_model("unet_tiny"), batch, np.random.default_rng(0))
+
+
+def test_the_trainer_gives_the_adapter_its_own_rate_and_a_loss_on_the_clicked_regions():
+    torch.manual_seed(0)
+    masks = torch.zeros(4, 1, 64, 64)
+    for i in range(4):
+        masks[i, 0, 8 * i : 8 * i + 20, 10:30] = 1
+    items = [
+        {"image": torch.rand(3, 64, 64), "mask": m, "text": "", "name": f"m{i}", "index": i}
+        for i, m in enumerate(masks)
+    ]
+    model = create_model("unet_tiny", prompts=True)
+    config = TrainConfig(epochs=2, batch_size=2, lr=1e-3, clicks=3, use_text=False, device="cpu")
+    trainer = Trainer(model, items, config=config)
+    steps = [e for e in trainer.fit() if isinstance(e, BatchEnd)]
+    rates = [g["initial_lr"] for g in trainer.optimizer.param_groups]  # before the schedule
+    adapter = {id(p) for p in model.prompt_adapter.parameters()}
+    assert [id(p) for p in trainer.optimizer.param_groups[1]["params"]] == [
+        id(p) for p in model.prompt_adapter.parameters()
+    ]
+    assert not adapter & {id(p) for p in trainer.optimizer.param_groups[0]["params"]}
+    assert rates[1] == pytest.approx(rates[0] * config.prompt_lr_scale)
+    # some steps placed correction clicks, and their regions were a loss term of their own
+    assert all("clicked" in e.losses for e in steps)
+    assert any(e.losses["clicked"] > 0 for e in steps)

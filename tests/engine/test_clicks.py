@@ -157,3 +157,12 @@ def test_the_trainer_gives_the_adapter_its_own_rate_and_a_loss_on_the_clicked_re
     # some steps placed correction clicks, and their regions were a loss term of their own
     assert all("clicked" in e.losses for e in steps)
     assert any(e.losses["clicked"] > 0 for e in steps)
+
+
+def test_bad_click_training_settings_say_which():
+    with pytest.raises(ValueError, match="corrected_weight must be >= 0"):
+        ClickTraining(corrected_weight=-1.0)
+    with pytest.raises(ValueError, match="wrong_start must be in"):
+        ClickTraining(wrong_start=1.5)
+    with pytest.raises(ValueError, match="prompt_lr_scale must be > 0, got 0"):
+        TrainConfig(prompt_lr_scale=0)

@@ -18,8 +18,10 @@ clicks, a box and the previous mask: ``predict(image, text, clicks=[(y, x, +1), 
 box=(y0, x0, y1, x1), previous=mask)``, in the image's own pixel coordinates. They are mapped
 onto the model's input the way the image is (the whole image resized to the model size), and
 the resized image is cached per image, so a later click costs one model pass. Checkpoints that
-predict tile by tile (patches mode, ``tile=True`` on a large image) take no prompts yet: they
-refuse them with a message.
+predict tile by tile (patches mode, ``tile=True`` on a large image) draw the prompt maps over
+the whole image at the working resolution and cut them into the same tiles as the image, so
+every tile sees the clicks, the box and the previous mask that fall into it (a click costs one
+pass over all tiles).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 from torch import nn
 
 from src_models.data.io import to_float01
+from src_models.data.patches import rescale_image
 from src_models.data.resolution import WorkingResolution
 from src_models.data.transforms import resize_image, resize_prob
 from src_models.data.windows import Window, as_window, input_range, window_applies
@@ -56,7 +59,7 @@ from src_models.model_source import (  # noqa: F401 (DEFAULT_CHECKPOINT: re-expo
     open_model,
     resolve_checkpoint,
 )
-from src_models.models.prompts import encode_prompts, prompting, reads_prompts
+from src_models.models.prompts import click_radius, encode_prompts, prompting, reads_prompts
 from src_models.text import TextEncoder, validate_text
 from src_models.tiling import predict_tiled
 
@@ -367,10 +370,8 @@ class Predictor:
                 "`napari-lvit train --clicks`, or correct the mask with the brush"
             )
         if self.uses_tiles((height, width)):
-            why = "the checkpoint was trained on patches" if self.resolution else "tile=True"
-            raise ValueError(
-                "clicks and boxes work on whole-image predictions; this prediction runs tile by "
-                f"tile ({why}, a {height} x {width} image)"
+            return self._tiled_prompted_prob(
+                to_float01(image, value_range=value_range), text, prompt
             )
         # the resized image depends on the pixels, the scaling and the size, not the weights
         key = (self.img_size, str(value_range), image_fingerprint(image))
@@ -469,16 +470,55 @@ class Predictor:
         """Does an image of ``shape`` (``(H, W)``) go through the sliding window?"""
         return self.resolution is not None or (self.tile and max(shape) > self.tile_min_side)
 
+    def _tiling(self) -> tuple[WorkingResolution, float]:
+        """``(resolution, overlap)`` of the sliding window: the checkpoint's working resolution,
+        else (``tile=``) native tiles with a half-tile stride."""
+        if self.resolution is not None:
+            return self.resolution, 0.25
+        return WorkingResolution("patches", self.img_size, 1.0), 0.5
+
     def tiled_prob(self, image01: np.ndarray, text: str | None, batch_size: int = 4) -> np.ndarray:
-        """The sliding window over a float image in [0, 1] -> probabilities ``[H, W]``: at the
-        checkpoint's working resolution, else (``tile=``) native tiles with a half-tile stride."""
-        res, overlap = self.resolution, 0.25
-        if res is None:
-            res, overlap = WorkingResolution("patches", self.img_size, 1.0), 0.5
+        """The sliding window over a float image in [0, 1] -> probabilities ``[H, W]``
+        (:meth:`_tiling`)."""
+        res, overlap = self._tiling()
         prob = predict_tiled(
             image01, self._tile_fn(text), res, overlap=overlap, batch_size=batch_size
         )
         return np.asarray(prob, dtype=np.float32)
+
+    def _tiled_prompted_prob(
+        self, image01: np.ndarray, text: str | None, prompt: PromptInput, batch_size: int = 4
+    ) -> np.ndarray:
+        """The sliding window with prompts: the image at the working resolution with the four
+        prompt maps drawn at that resolution as extra channels (click disks of the model's
+        radius), cut into the tiles together; each tile's maps go to the model beside it."""
+        res, overlap = self._tiling()
+        height, width = image01.shape[:2]
+        work = rescale_image(image01, res)  # [h, w, 3]
+        shape = work.shape[:2]
+        clicks, box = prompt.scaled_to(shape)
+        prev = None
+        if prompt.previous is not None:
+            prev = torch.from_numpy(resize_prob(prompt.previous, shape))[None, None]
+        maps = encode_prompts(shape, [clicks], [box], prev, radius=click_radius(res.patch))
+        stacked = np.concatenate([work, maps[0].permute(1, 2, 0).numpy()], axis=-1)
+        channels = work.shape[-1]
+
+        def fn(tiles: torch.Tensor) -> np.ndarray:
+            x, tile_maps = tiles[:, :channels], tiles[:, channels:]
+            tokens, mask = self._text_inputs(text, x.shape[0], required=False)
+            with (
+                torch.inference_mode(),
+                autocast(self.device),
+                prompting(self.model, tile_maps.to(self.device)),
+            ):
+                logits = self.model(x.to(self.device), tokens, mask)
+            return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+
+        # already at the working resolution: the window only cuts and blends
+        native = WorkingResolution("patches", res.patch, 1.0)
+        prob = predict_tiled(stacked, fn, native, overlap=overlap, batch_size=batch_size)
+        return resize_prob(prob, (height, width)).astype(np.float32)
 
     def _tile_fn(self, text: str | None):
         """Tiles ``[B, C, S, S]`` -> probabilities ``[B, S, S]`` (for ``predict_tiled``)."""

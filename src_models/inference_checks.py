@@ -139,11 +139,13 @@ class PromptInput:
     previous: np.ndarray | None
     shape: tuple[int, int]
 
-    def scaled_to(self, size: int) -> tuple[list, tuple | None]:
-        """Clicks and box in the coordinates of the image resized to ``size`` x ``size``
-        (the whole-image path: pixel centres map to pixel centres)."""
+    def scaled_to(self, size: int | tuple[int, int]) -> tuple[list, tuple | None]:
+        """Clicks and box in the coordinates of the image resized to ``size`` x ``size`` (the
+        whole-image path) or to ``(h, w)`` (the working resolution of the tiled path): pixel
+        centres map to pixel centres."""
         height, width = self.shape
-        sy, sx = size / height, size / width
+        h, w = (size, size) if isinstance(size, int) else size
+        sy, sx = h / height, w / width
 
         def row(v: float) -> float:
             return (v + 0.5) * sy - 0.5

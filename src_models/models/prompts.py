@@ -180,7 +180,7 @@ def _disk_kernel(radius: int, device: torch.device) -> Tensor:
 
 
 def encode_prompts(
-    size: int,
+    size: int | tuple[int, int],
     clicks: Sequence[Sequence[Click]],
     boxes: Sequence[tuple[float, float, float, float] | None] | None = None,
     previous: Tensor | None = None,
@@ -190,7 +190,8 @@ def encode_prompts(
     """Prompt maps float32 ``[B, 4, size, size]`` for a batch, in model pixel coordinates.
 
     Args:
-        size: the model's input side S.
+        size: the model's input side S, or ``(H, W)`` for maps of another shape (a whole image
+            at the working resolution, to be cut into tiles).
         clicks: per item, ``(y, x, sign)`` clicks (rounded to the nearest pixel and clamped
             into the map); any number, the cost does not grow with it (one convolution of a
             point grid with a disk).
@@ -199,18 +200,19 @@ def encode_prompts(
         radius: disk radius in pixels (default :func:`click_radius`).
     """
     n = len(clicks)
+    height, width = (int(size), int(size)) if isinstance(size, int) else map(int, size)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    maps = torch.zeros(n, len(PROMPT_CHANNELS), size, size, device=dev)
-    points = torch.zeros(n, 2, size, size, device=dev)
+    maps = torch.zeros(n, len(PROMPT_CHANNELS), height, width, device=dev)
+    points = torch.zeros(n, 2, height, width, device=dev)
     for i, item in enumerate(clicks):
         for y, x, sign in item:
-            row = min(max(int(round(float(y))), 0), size - 1)
-            col = min(max(int(round(float(x))), 0), size - 1)
+            row = min(max(int(round(float(y))), 0), height - 1)
+            col = min(max(int(round(float(x))), 0), width - 1)
             points[i, 0 if sign > 0 else 1, row, col] = 1.0
     if points.any():
-        r = click_radius(size) if radius is None else int(radius)
-        spread = F.conv2d(points.view(n * 2, 1, size, size), _disk_kernel(r, dev), padding=r)
-        maps[:, :2] = (spread.view(n, 2, size, size) > 0.5).float()
+        r = click_radius(max(height, width)) if radius is None else int(radius)
+        spread = F.conv2d(points.view(n * 2, 1, height, width), _disk_kernel(r, dev), padding=r)
+        maps[:, :2] = (spread.view(n, 2, height, width) > 0.5).float()
     for i, box in enumerate(boxes or ()):
         if box is None:
             continue
@@ -218,14 +220,16 @@ def encode_prompts(
         r0, r1 = sorted((y0, y1))
         c0, c1 = sorted((x0, x1))
         r0, c0 = max(int(round(r0)), 0), max(int(round(c0)), 0)
-        r1, c1 = min(int(round(r1)), size - 1), min(int(round(c1)), size - 1)
+        r1, c1 = min(int(round(r1)), height - 1), min(int(round(c1)), width - 1)
         if r1 >= r0 and c1 >= c0:
             maps[i, 2, r0 : r1 + 1, c0 : c1 + 1] = 1.0
     if previous is not None:
         prev = previous.to(dev, torch.float32)
         if prev.ndim == 3:
             prev = prev[:, None]
-        if prev.shape != (n, 1, size, size):
-            raise ValueError(f"previous must be [{n}, 1, {size}, {size}], got {tuple(prev.shape)}")
+        if prev.shape != (n, 1, height, width):
+            raise ValueError(
+                f"previous must be [{n}, 1, {height}, {width}], got {tuple(prev.shape)}"
+            )
         maps[:, 3:4] = prev.clamp(0.0, 1.0)
     return maps

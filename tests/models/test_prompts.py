@@ -169,3 +169,41 @@ def test_the_shipped_default_predicts_the_same_masks_with_a_zero_adapter(text_en
     assert np.array_equal(prompted.predict(image, text).mask, expected)
     clicked = prompted.predict(image, text, clicks=[(128, 100, 1)], box=(20, 20, 200, 220))
     assert np.array_equal(clicked.mask, expected)
+
+
+def _random_adapter_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model("unet_tiny", img_size=32, prompts=True).eval()
+    with torch.no_grad():
+        model.prompt_adapter.project.weight.normal_()
+    return model
+
+
+def test_tiled_clicks_are_the_whole_image_clicks_when_one_tile_covers_the_image():
+    model = _random_adapter_model()
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    prompts = {
+        "clicks": [(20, 9, 1), (4, 27, -1)],
+        "box": (3, 5, 25, 30),
+        "previous": np.random.default_rng(1).random((32, 32)),
+    }
+    whole = Predictor(model, device="cpu").predict_prob(image, **prompts)
+    tiled = Predictor(model, device="cpu", tile=True, tile_min_side=16)
+    assert tiled.uses_tiles(image.shape)
+    assert np.allclose(tiled.predict_prob(image, **prompts), whole, atol=1e-5)
+    assert not np.allclose(tiled.predict_prob(image), whole, atol=1e-3)  # the prompts count
+
+
+def test_a_tiled_click_changes_only_the_tiles_it_falls_into():
+    model = _random_adapter_model()
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    tiled = Predictor(model, device="cpu", tile=True, tile_min_side=32)
+    plain = tiled.predict_prob(image)
+    # 32 px tiles at a 16 px stride: only the tile at (0, 0) holds a click at (5, 5) ...
+    corner = tiled.predict_prob(image, clicks=[(5, 5, 1)])
+    changed = ~np.isclose(corner, plain, atol=1e-6)
+    assert changed[:32, :32].any() and not changed[32:].any() and not changed[:, 32:].any()
+    # ... and a click at the far corner changes only the last tile's
+    far = tiled.predict_prob(image, clicks=[(90, 92, -1)])
+    changed = ~np.isclose(far, plain, atol=1e-6)
+    assert changed[64:, 64:].any() and not changed[:64].any() and not changed[:, :64].any()

@@ -67,11 +67,15 @@ def test_clicks_on_a_model_without_prompt_inputs_say_what_to_use():
     assert plain.predict(IMAGE).mask.shape == IMAGE.shape  # without prompts: as before
 
 
-def test_clicks_on_a_tiled_prediction_say_why_not():
+def test_clicks_on_a_tiled_prediction_give_a_mask_of_the_image():
     model = create_model("unet_tiny", img_size=32, prompts=True)
     tiled = Predictor(model, device="cpu", tile=True, tile_min_side=32)
-    with pytest.raises(ValueError, match="whole-image predictions.*tile=True"):
-        tiled.predict(IMAGE, clicks=[(3, 3, 1)])
+    assert tiled.uses_tiles(IMAGE.shape)
+    prompts = {"clicks": [(3, 3, 1), (39, 47, -1)], "box": (-5, 0, 20, 60)}
+    mask = tiled.predict(IMAGE, previous=np.ones(IMAGE.shape), **prompts).mask
+    assert mask.shape == IMAGE.shape
+    with pytest.raises(ValueError, match="outside the 40 x 48 image"):
+        tiled.predict(IMAGE, clicks=[(40, 0, 1)])
 
 
 def _clicks_checkpoint(ws):

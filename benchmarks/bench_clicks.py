@@ -22,7 +22,8 @@ text names some of the lesions, so clicks alone must find which).
 
 Latency (one CPU thread, ``--latency-size`` square image, median of ``--repeats``): the first
 prompt on a new image (text only, as the Segment button) and a later click on the same image
-(clicks plus the previous mask; text features and the resized image cached).
+(clicks plus the previous mask; text features and the resized image cached). With
+``--tiled-size``, the same on a larger image predicted tile by tile (``tile=True``).
 
     python -m benchmarks.bench_clicks                      # fine-tune + measure, ~15 min, 2 cores
     python -m benchmarks.bench_clicks --checkpoint runs/clicks.safetensors --n-eval 100
@@ -166,10 +167,11 @@ def latency(predictor, size: int, repeats: int, seed: int) -> dict:
         pred = predictor.predict(image, text).mask
         first.append(1000 * (time.perf_counter() - t0))
         click = next_click(pred, mask) or first_click(mask) or (size // 2, size // 2, 1)
-        predictor.predict(image, text, clicks=[click], previous=pred)  # the first click
+        # the first click; the second starts from its mask, as in click mode
+        after = predictor.predict(image, text, clicks=[click], previous=pred).mask
         clicks = [click, ((click[0] + 7) % size, (click[1] + 5) % size, -1)]
         t0 = time.perf_counter()
-        predictor.predict(image, text, clicks=clicks, previous=pred)
+        predictor.predict(image, text, clicks=clicks, previous=after)
         later.append(1000 * (time.perf_counter() - t0))
     return {
         "first_prompt_ms": statistics.median(first),
@@ -193,6 +195,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--latency-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=25)
+    p.add_argument(
+        "--tiled-size",
+        type=int,
+        default=0,
+        help="also time prompts and clicks on an image of this side predicted tile by tile "
+        "(tile=True: native tiles of the model's size at a half-tile stride; 0: not)",
+    )
+    p.add_argument("--tiled-repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="for fine-tuning and the metrics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=ROOT / "out" / "clicks")
@@ -245,6 +255,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{lat['first_prompt_ms']:.1f} ms, later click {lat['later_click_ms']:.1f} ms "
         f"(median of {args.repeats})"
     )
+    if args.tiled_size:
+        tiled = Predictor(checkpoint, device="cpu", tile=True, tile_min_side=predictor.img_size)
+        lat["tiled"] = latency(tiled, args.tiled_size, args.tiled_repeats, args.seed)
+        print(
+            f"tile by tile, {args.tiled_size} px in tiles of {tiled.img_size} px: "
+            f"first prompt {lat['tiled']['first_prompt_ms']:.0f} ms, "
+            f"later click {lat['tiled']['later_click_ms']:.0f} ms "
+            f"(median of {args.tiled_repeats})"
+        )
     result = {
         "header": head,
         "checkpoint": str(checkpoint),

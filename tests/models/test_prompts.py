@@ -207,3 +207,22 @@ def test_a_tiled_click_changes_only_the_tiles_it_falls_into():
     far = tiled.predict_prob(image, clicks=[(90, 92, -1)])
     changed = ~np.isclose(far, plain, atol=1e-6)
     assert changed[64:, 64:].any() and not changed[:64].any() and not changed[:, :64].any()
+
+
+def test_a_later_tiled_click_reruns_only_the_tiles_it_changes():
+    model = _random_adapter_model()
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    tiled = Predictor(model, device="cpu", tile=True, tile_min_side=32)
+    first = tiled.predict_prob(image, clicks=[(5, 5, 1)])
+    assert tiled._tile_outputs.info()["misses"] == 25  # 5 x 5 tiles, all new
+    again = tiled.predict_prob(image, clicks=[(5, 5, 1)])
+    assert np.array_equal(again, first) and tiled._tile_outputs.info()["misses"] == 25
+    more = tiled.predict_prob(image, clicks=[(5, 5, 1), (90, 92, -1)])
+    assert tiled._tile_outputs.info()["misses"] == 26  # only the last tile holds the new click
+    fresh = Predictor(model, device="cpu", tile=True, tile_min_side=32)
+    assert np.allclose(more, fresh.predict_prob(image, clicks=[(5, 5, 1), (90, 92, -1)]))
+    # new weights: nothing is reused
+    with torch.no_grad():
+        model.prompt_adapter.project.weight.mul_(2)
+    tiled.predict_prob(image, clicks=[(5, 5, 1)])
+    assert tiled._tile_outputs.info()["misses"] == 51

@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=ROOT / "out" / "clicks")
     p.add_argument("--out", type=Path, default=ROOT / "out" / "clicks.json")
     args = p.parse_args(argv)
+    if args.tiled_size < 0 or args.tiled_repeats < 1:
+        p.error("--tiled-size must be >= 0 and --tiled-repeats >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     head = header("benchmarks.bench_clicks", argv)

@@ -30,9 +30,10 @@ def click(layer, world: tuple[float, float], **kwargs) -> None:
     from napari.utils._proxies import ReadOnlyWrapper
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
-    for kind, callbacks in (("mouse_press", mouse_press_callbacks), ("mouse_release", None)):
-        event = ReadOnlyWrapper(MouseEvent(kind, world, **kwargs), exceptions=("handled",))
-        if callbacks is not None:
-            callbacks(layer, event)
-        else:
-            mouse_release_callbacks(layer, event)
+    for kind, callbacks in (
+        ("mouse_press", mouse_press_callbacks),
+        ("mouse_release", mouse_release_callbacks),
+    ):
+        callbacks(
+            layer, ReadOnlyWrapper(MouseEvent(kind, world, **kwargs), exceptions=("handled",))
+        )

@@ -392,11 +392,20 @@ class Predictor:
             prev = torch.from_numpy(resize_prob(prompt.previous, (size, size)))[None, None]
         maps = encode_prompts(size, [clicks], [box], prev, device=self.device)
         x = torch.from_numpy(np.ascontiguousarray(small[None])).permute(0, 3, 1, 2)
-        tokens, mask = self._text_inputs(text, 1, required=False)
-        with torch.inference_mode(), autocast(self.device), prompting(self.model, maps):
-            logits = self.model(x.to(self.device), tokens, mask)
-        prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+        prob = self._run_prompted(x, maps, text)[0]
         return resize_prob(prob, (height, width)).astype(np.float32)
+
+    def _run_prompted(self, x: torch.Tensor, maps: torch.Tensor, text: str | None) -> np.ndarray:
+        """Images ``[N, C, S, S]`` with prompt maps ``[N, 4, S, S]`` -> probabilities
+        ``[N, S, S]`` (one full pass: the prompts enter at the first convolution)."""
+        tokens, mask = self._text_inputs(text, x.shape[0], required=False)
+        with (
+            torch.inference_mode(),
+            autocast(self.device),
+            prompting(self.model, maps.to(self.device)),
+        ):
+            logits = self.model(x.to(self.device), tokens, mask)
+        return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
 
     @guarded
     def predict(
@@ -516,15 +525,7 @@ class Predictor:
             outs = [self._tile_outputs.get(k) for k in keys]
             todo = [i for i, o in enumerate(outs) if o is None]
             if todo:
-                x, tile_maps = tiles[todo, :channels], tiles[todo, channels:]
-                tokens, mask = self._text_inputs(text, len(todo), required=False)
-                with (
-                    torch.inference_mode(),
-                    autocast(self.device),
-                    prompting(self.model, tile_maps.to(self.device)),
-                ):
-                    logits = self.model(x.to(self.device), tokens, mask)
-                probs = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+                probs = self._run_prompted(tiles[todo, :channels], tiles[todo, channels:], text)
                 for i, prob in zip(todo, probs, strict=True):
                     outs[i] = prob
                     self._tile_outputs.put(keys[i], prob)

@@ -1,8 +1,9 @@
 """Interactive segmentation on held-out synthetic chest X-rays: clicks needed, IoU per click, and
 the latency of one click.
 
-The model: the shipped default fine-tuned with simulated clicks (``--base``, ``--steps``; the
-recipe data of ``benchmarks.train_default``), or a prompted checkpoint (``--checkpoint``).
+The model: the shipped default (it reads clicks), another prompted checkpoint (``--checkpoint``),
+or a checkpoint fine-tuned here with simulated clicks (``--base``, ``--steps``: the click stage of
+``benchmarks.train_default`` on its recipe data).
 Clicks are placed by the protocol of :mod:`src_models.engine.clicks` (first click at the
 interior point of the largest object component farthest from its boundary, then at the middle of
 the largest error region, positive or negative), at most ``--max-clicks``, each prediction fed
@@ -25,8 +26,9 @@ prompt on a new image (text only, as the Segment button) and a later click on th
 (clicks plus the previous mask; text features and the resized image cached). With
 ``--tiled-size``, the same on a larger image predicted tile by tile (``tile=True``).
 
-    python -m benchmarks.bench_clicks                      # fine-tune + measure, ~15 min, 2 cores
+    python -m benchmarks.bench_clicks                      # the shipped default, ~3 min, 2 cores
     python -m benchmarks.bench_clicks --checkpoint runs/clicks.safetensors --n-eval 100
+    python -m benchmarks.bench_clicks --base text_only.safetensors   # fine-tune first, ~10 min
 """
 
 from __future__ import annotations
@@ -56,46 +58,27 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fine_tune(args) -> Path:
-    """The base checkpoint with prompt inputs, trained ``args.steps`` steps with clicks."""
-    from benchmarks.train_default import make_data
+    """``--base`` with prompt inputs, trained ``--steps`` steps with clicks (the click stage of
+    ``benchmarks.train_default`` on its recipe data)."""
+    from benchmarks.train_default import make_data, train_clicks
     from src_models.data.dataset import SegmentationDataset
-    from src_models.engine.checkpoint import load_checkpoint
-    from src_models.engine.events import BatchEnd, EpochEnd
-    from src_models.engine.trainer import TrainConfig, Trainer
+    from src_models.engine.checkpoint import read_checkpoint_meta
     from src_models.model_source import resolve_checkpoint
-    from src_models.models.prompts import add_prompt_inputs
-    from src_models.text import TextEncoder
 
     base = resolve_checkpoint(args.base)
-    model, meta = load_checkpoint(base)
-    add_prompt_inputs(model)
-    encoder = TextEncoder(meta.get("text_encoder") or "default")
+    size = int(read_checkpoint_meta(base)["img_size"])
     records = make_data(args.work / "train", args.n_train, args.data_size, args.seed)
-    size = int(model.img_size)
     train_set = SegmentationDataset(records, size, augment=True, seed=args.seed)
-    per_epoch = -(-len(train_set) // args.batch_size)
-    epochs = max(1, -(-args.steps // per_epoch))
-    out = args.work / "clicks.safetensors"
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.lr / 10,
-        t0=epochs,
-        seed=args.seed,
-        device="cpu",
+    return train_clicks(
+        base,
+        train_set,
+        args.work / "clicks.safetensors",
+        steps=args.steps,
         clicks=args.clicks,
-        out=str(out),
-        save_last=False,
-        log_every=25,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
-    trainer = Trainer(model, train_set, None, text_encoder=encoder, config=config)
-    for event in trainer.fit():
-        if isinstance(event, BatchEnd):
-            print(f"  step {event.step}: loss {event.loss:.4f}", flush=True)
-        elif isinstance(event, EpochEnd):
-            print(f"  epoch {event.epoch}: {event.seconds:.0f} s", flush=True)
-    return out
 
 
 def eval_samples(n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, str, str]]:
@@ -183,9 +166,13 @@ def latency(predictor, size: int, repeats: int, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_clicks", description=__doc__)
-    p.add_argument("--checkpoint", type=Path, help="a prompted checkpoint (skips fine-tuning)")
-    p.add_argument("--base", default="default", help="checkpoint to fine-tune with clicks")
-    p.add_argument("--steps", type=int, default=600, help="fine-tuning steps")
+    p.add_argument(
+        "--checkpoint", default="default", help="a prompted checkpoint (default: the shipped one)"
+    )
+    p.add_argument(
+        "--base", help="instead, fine-tune this checkpoint with clicks and measure the result"
+    )
+    p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (with --base)")
     p.add_argument("--clicks", type=int, default=3, help="simulated correction passes per batch")
     p.add_argument("--n-train", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
@@ -216,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     from src_models.inference import Predictor
 
     t0 = time.perf_counter()
-    checkpoint = args.checkpoint or fine_tune(args)
+    checkpoint = fine_tune(args) if args.base else args.checkpoint
     train_seconds = time.perf_counter() - t0
     predictor = Predictor(checkpoint, device="cpu")
     samples = eval_samples(args.n_eval, args.data_size, 1000 + args.seed)
@@ -270,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "header": head,
         "checkpoint": str(checkpoint),
         "fine_tune": None
-        if args.checkpoint
+        if args.base is None
         else {"base": args.base, "steps": args.steps, "clicks": args.clicks, "lr": args.lr},
         "train_seconds": round(train_seconds, 1),
         "metric_seconds": round(metric_seconds, 1),

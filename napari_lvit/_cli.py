@@ -13,6 +13,11 @@ def _add_demo(sub) -> None:
     p.add_argument("--model", default="default", help="checkpoint file, 'default' or registry name")
     p.add_argument("--no-run", action="store_true", help="set up, segment once and return")
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the viewer")
+    p.add_argument(
+        "--no-click",
+        action="store_true",
+        help="show the text's proposal only (no click on the lesion the report does not name)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -22,7 +27,12 @@ def _cmd_demo(args) -> int:
     check_model_source(args.model)  # before napari opens
     from napari_lvit._demo import run_demo
 
-    run_demo(model=args.model, block=not args.no_run, screenshot=args.screenshot)
+    run_demo(
+        model=args.model,
+        block=not args.no_run,
+        screenshot=args.screenshot,
+        click=not args.no_click,
+    )
     return 0
 
 

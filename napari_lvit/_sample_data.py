@@ -24,10 +24,15 @@ def synthetic_chest_xray():
     return _layers(image, mask, text, "synthetic chest X-ray")
 
 
+def both_lungs_scene() -> tuple[np.ndarray, tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """The both-lungs sample: ``(image, (text_left, text_right), (mask_left, mask_right))``."""
+    from src_models.data.synthetic import make_referring_pair
+
+    return make_referring_pair(np.random.default_rng([0, 11]), 512, style="qata")
+
+
 def synthetic_chest_xray_both_lungs():
     """Lesions in the same zones of both lungs; the report names the left lung only, so
     changing "left" to "right" in the text moves the mask to the other lung."""
-    from src_models.data.synthetic import make_referring_pair
-
-    image, texts, masks = make_referring_pair(np.random.default_rng([0, 11]), 512, style="qata")
+    image, texts, masks = both_lungs_scene()
     return _layers(image, masks[0], texts[0], "synthetic chest X-ray (both lungs)")

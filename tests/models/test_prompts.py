@@ -156,19 +156,35 @@ def test_a_prompted_checkpoint_rebuilds_its_adapter(tmp_path):
     assert torch.equal(loaded.prompt_adapter.project.weight, model.prompt_adapter.project.weight)
 
 
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no shipped default")
-def test_the_shipped_default_predicts_the_same_masks_with_a_zero_adapter(text_encoder):
+def test_the_shipped_default_reads_clicks_and_its_text_weights_alone_predict_the_same(
+    tmp_path, text_encoder
+):
+    """The default as a checkpoint of before prompts (its adapter left out) predicts the same
+    text-only mask, and a zero adapter added to that one ignores clicks; the shipped one's
+    trained adapter does not."""
     from src_models.data.synthetic import sample_chest_xray
 
     image, _mask, text = sample_chest_xray(seed=3, size=256)
-    plain = Predictor("default", device="cpu", text_encoder=text_encoder)
-    expected = plain.predict(image, text).mask
-    prompted_model, _meta = load_checkpoint(DEFAULT_CHECKPOINT)
-    add_prompt_inputs(prompted_model)
-    prompted = Predictor(prompted_model, device="cpu", text_encoder=text_encoder)
-    assert np.array_equal(prompted.predict(image, text).mask, expected)
-    clicked = prompted.predict(image, text, clicks=[(128, 100, 1)], box=(20, 20, 200, 220))
-    assert np.array_equal(clicked.mask, expected)
+    shipped = Predictor("default", device="cpu", text_encoder=text_encoder)
+    assert shipped.reads_prompts
+    expected = shipped.predict(image, text).mask
+    model, meta = load_checkpoint(DEFAULT_CHECKPOINT)
+    config = {k: v for k, v in meta["model_config"].items() if k != "prompts"}
+    plain = create_model(meta["model_name"], **config)
+    plain.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("prompt_adapter.")}
+    )
+    before, _ = load_checkpoint(save_checkpoint(tmp_path / "before.safetensors", plain))
+    assert not reads_prompts(before)
+    assert np.array_equal(
+        Predictor(before, device="cpu", text_encoder=text_encoder).predict(image, text).mask,
+        expected,
+    )
+    add_prompt_inputs(before)
+    zero = Predictor(before, device="cpu", text_encoder=text_encoder)
+    prompts = {"clicks": [(128, 100, 1)], "box": (20, 20, 200, 220)}
+    assert np.array_equal(zero.predict(image, text, **prompts).mask, expected)
+    assert not np.array_equal(shipped.predict(image, text, **prompts).mask, expected)
 
 
 def _random_adapter_model() -> torch.nn.Module:

@@ -97,7 +97,7 @@ def test_the_shipped_default_loads_as_a_paper_model():
     from src_models.inference import DEFAULT_CHECKPOINT
 
     meta = read_checkpoint_meta(DEFAULT_CHECKPOINT)
-    assert "text_coupling" not in meta["model_config"]
+    assert meta["model_config"].get("text_coupling", "paper") == "paper"
     model, _ = load_checkpoint(DEFAULT_CHECKPOINT)
     assert model.coupling is None and model.config.text_coupling == "paper"
     assert _n_params(model) == _n_params(create_model(meta["model_name"], **meta["model_config"]))

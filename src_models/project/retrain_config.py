@@ -138,9 +138,10 @@ class RetrainConfig:
     )
     clcc_grid: int = _opt(2, "CLCC grid side n (n x n patches)")
     clicks: int | None = _opt(
-        None,
+        0,
         "simulated correction clicks per training batch, so that the model learns to take "
-        "clicks (none: 3 when the starting model reads clicks, so that it keeps them, else 0)",
+        "clicks (3 is usual; 0 or none: no clicks, the default, since in a round limited in "
+        "time they cost optimizer steps: a model that reads clicks keeps its prompt inputs)",
     )
     replace_if_worse: bool = _opt(
         False,

@@ -431,20 +431,17 @@ def round_recipe(
     return TrainingRecipe(train, semi=semi, clcc=clcc, classifier=classifier)
 
 
-#: Simulated clicks per batch in the rounds of a model that reads clicks (unless configured).
-CLICKS_OF_PROMPTED = 3
-
-
 def round_clicks(cfg: RetrainConfig, model: Any) -> int:
-    """The round's simulated clicks per batch (``cfg.clicks``; by default 3 for a model that
-    reads clicks, so that it keeps them, else 0); a model that is to learn them gets its
-    prompt inputs (:func:`~src_models.models.prompts.add_prompt_inputs`, starting at zero).
-    The pseudo-labelled images of an EPI round get clicks from their pseudo labels."""
+    """The round's simulated clicks per batch (``cfg.clicks``, none by default); a model that
+    is to learn them gets its prompt inputs (:func:`~src_models.models.prompts.add_prompt_inputs`,
+    starting at zero). The pseudo-labelled images of an EPI round get clicks from their pseudo
+    labels. Not by default, even for a model that reads clicks: the simulated passes made a
+    MoNuSeg round of 90 s do 100-200 steps instead of 200-300, and cost it 0.08 Dice after one
+    corrected tile (benchmarks/bench_loop.py --clicks)."""
     from src_models.models.prompts import add_prompt_inputs, reads_prompts
 
-    prompted = reads_prompts(model)
-    clicks = int(cfg.clicks) if cfg.clicks is not None else CLICKS_OF_PROMPTED * prompted
-    if clicks and not prompted:
+    clicks = int(cfg.clicks or 0)
+    if clicks and not reads_prompts(model):
         add_prompt_inputs(model)
     return clicks
 

@@ -86,11 +86,12 @@ def start_candidates(project: Project, cfg: Any, plan: Any) -> list[StartCandida
 
 def _fresh(plan: Any, seed: int, label: str, lr: tuple[float, str]) -> StartCandidate:
     from src_models.models import create_model
-    from src_models.models.prompts import reads_prompts
 
     name = plan.meta["model_name"]
     config = dict(plan.meta.get("model_config") or {})
-    config["prompts"] = reads_prompts(plan.model)  # a round that trains clicks probes them too
+    # prompt inputs only where the round trains them: an untrained adapter would take clicks
+    # and ignore them
+    config["prompts"] = bool(plan.recipe.train.clicks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = create_model(name, **config)

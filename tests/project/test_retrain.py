@@ -245,10 +245,10 @@ def test_sigkill_mid_round_loses_no_commit(tmp_path):
     assert events[-1].status == "done"
 
 
-def test_rounds_train_clicks_and_a_model_that_reads_them_keeps_them(tmp_path):
+def test_rounds_train_clicks_when_asked_and_a_model_that_reads_them_keeps_them(tmp_path):
     """``clicks``: the round's model gets prompt inputs and learns from simulated clicks, in an
-    EPI round too (the pseudo-labelled images get clicks from their pseudo labels); a model
-    that reads clicks keeps training with them by default. The checkpoint takes clicks."""
+    EPI round too (the pseudo-labelled images get clicks from their pseudo labels). By default
+    a round simulates none, and a model that reads clicks keeps its prompt inputs."""
     from src_models.data.io import read_image
     from src_models.inference import Predictor
 
@@ -258,11 +258,12 @@ def test_rounds_train_clicks_and_a_model_that_reads_them_keeps_them(tmp_path):
     assert end.status == "done" and end.metrics["engine"] == "epi"
     assert end.metrics["trainer"]["train"]["clicks"] == 2
     assert read_checkpoint_meta(end.checkpoint)["reads_prompts"]
-    # the next round starts from that model, and trains clicks without being told to
+    # the next round starts from that model and, by default, simulates no clicks
     again = next(
         e for e in retrain(folder, epochs=1, semi="off", **TINY) if isinstance(e, RetrainRoundEnd)
     )
-    assert again.status == "done" and again.metrics["trainer"]["train"]["clicks"] == 3
+    assert again.status == "done" and again.metrics["trainer"]["train"]["clicks"] == 0
+    assert read_checkpoint_meta(again.checkpoint)["reads_prompts"]
     predictor = Predictor(again.checkpoint, device="cpu")
     with Project.open(folder) as p:
         rec = p.images()[0]

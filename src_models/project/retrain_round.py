@@ -436,8 +436,8 @@ def round_clicks(cfg: RetrainConfig, model: Any) -> int:
     is to learn them gets its prompt inputs (:func:`~src_models.models.prompts.add_prompt_inputs`,
     starting at zero). The pseudo-labelled images of an EPI round get clicks from their pseudo
     labels. Not by default, even for a model that reads clicks: the simulated passes made a
-    MoNuSeg round of 90 s do 100-200 steps instead of 200-300, and cost it 0.08 Dice after one
-    corrected tile (benchmarks/bench_loop.py --clicks)."""
+    MoNuSeg round of 90 s do 100-200 steps instead of 200-300, and cost it 0.05-0.11 Dice
+    (benchmarks/bench_loop.py --clicks)."""
     from src_models.models.prompts import add_prompt_inputs, reads_prompts
 
     clicks = int(cfg.clicks or 0)

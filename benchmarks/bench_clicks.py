@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.tiled_size < 0 or args.tiled_repeats < 1:
         p.error("--tiled-size must be >= 0 and --tiled-repeats >= 1")
+    if args.base and (args.steps < 1 or args.clicks < 1 or args.lr <= 0):
+        p.error("with --base, --steps and --clicks must be >= 1 and --lr > 0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     head = header("benchmarks.bench_clicks", argv)

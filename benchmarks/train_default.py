@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-eval", type=int, default=100, help="fresh images per evaluation")
     p.add_argument("--install", action="store_true", help=f"copy to {DEFAULT_CHECKPOINT}")
     args = p.parse_args(argv)
+    if args.click_steps < 0 or args.clicks < 1 or args.click_lr <= 0:
+        p.error("--click-steps must be >= 0, --clicks >= 1 and --click-lr > 0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     head = header("benchmarks.train_default", argv)

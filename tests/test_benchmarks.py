@@ -29,3 +29,15 @@ def test_every_benchmark_imports_as_a_module_and_the_header_records_the_run():
     assert {"date", "git_commit", "git_dirty", "machine"} <= set(head)
     assert {"python", "torch", "threads", "cpu", "cpu_count", "platform"} <= set(head["machine"])
     assert head["git_commit"] is None or len(head["git_commit"]) == 40
+
+
+def test_bad_click_settings_are_refused_before_any_work(tmp_path):
+    for argv, message in (
+        (["train_default", "--click-steps", "-1"], "--click-steps must be >= 0"),
+        (["train_default", "--clicks", "0"], "--clicks >= 1"),
+        (["bench_clicks", "--base", "default", "--steps", "0"], "--steps and --clicks must be"),
+    ):
+        cmd = [sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:], "--work", tmp_path / "w"]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()

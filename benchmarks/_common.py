@@ -86,6 +86,26 @@ def monuseg_splits(root: Path, seed: int, *, image_label: int | None = None):
     return train, val, scan_split(root / "Val_Folder")
 
 
+def load_split(folder: Path) -> list[dict]:
+    """The images of an LViT split folder as arrays (read only): ``name``, ``image`` (float
+    ``[H, W, C]`` in [0, 1]), ``mask`` (bool ``[H, W]``) and ``text`` per image."""
+    from src_models.data.io import load_image, mask_from_array, to_float01
+
+    out = []
+    for rec in scan_split(folder, require_masks=True, require_text=True):
+        img = load_image(rec.image_path)
+        msk = load_image(rec.mask_path)
+        out.append(
+            {
+                "name": rec.name,
+                "image": to_float01(img.data),
+                "mask": mask_from_array(msk.data, rgb=msk.rgb),
+                "text": rec.text or "",
+            }
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- header
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,18 @@
-"""Interactive segmentation on held-out synthetic chest X-rays: clicks needed, IoU per click, and
-the latency of one click.
+"""Interactive segmentation on held-out synthetic chest X-rays or on MoNuSeg: clicks needed, IoU
+per click, and the latency of one click.
 
 The model: the shipped default (it reads clicks), another prompted checkpoint (``--checkpoint``),
 or a checkpoint fine-tuned here with simulated clicks (``--base``, ``--steps``: the click stage of
-``benchmarks.train_default`` on its recipe data).
+``benchmarks.train_default``, on its recipe data or, with ``--monuseg``, on MoNuSeg).
+
+MoNuSeg (``--monuseg ROOT``; read only, never copied): ``--base`` (default: the shipped default)
+is fine-tuned with clicks on random patches of Train_Folder at the working resolution that
+:func:`~src_models.data.resolution.choose_resolution` picks for it (as a project would), with
+the colour augmentation of retraining rounds; the checkpoint records that resolution, so it
+predicts tile by tile as in napari. Val_Folder's 1000 px tiles are then cut into a grid of
+crops of one model tile each (the field of view at which one corrects nuclei: a whole tile
+holds hundreds of them, and a click fixes one), and every crop is one evaluation image, with
+its tile's text, at its own pixels.
 Clicks are placed by the protocol of :mod:`src_models.engine.clicks` (first click at the
 interior point of the largest object component farthest from its boundary, then at the middle of
 the largest error region, positive or negative), at most ``--max-clicks``, each prediction fed
@@ -29,6 +38,7 @@ prompt on a new image (text only, as the Segment button) and a later click on th
     python -m benchmarks.bench_clicks                      # the shipped default, ~3 min, 2 cores
     python -m benchmarks.bench_clicks --checkpoint runs/clicks.safetensors --n-eval 100
     python -m benchmarks.bench_clicks --base text_only.safetensors   # fine-tune first, ~10 min
+    python -m benchmarks.bench_clicks --monuseg /work/shared/datasets/MoNuSeg  # ~15 min
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._common import header
+from benchmarks._common import header, load_split
 from src_models.data.synthetic import make_qata_sample, make_referring_sample
 from src_models.engine.clicks import first_click, next_click
 
@@ -59,16 +69,23 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def fine_tune(args) -> Path:
     """``--base`` with prompt inputs, trained ``--steps`` steps with clicks (the click stage of
-    ``benchmarks.train_default`` on its recipe data)."""
+    ``benchmarks.train_default``): on its recipe data, or with ``--monuseg`` on MoNuSeg's
+    Train_Folder (:func:`monuseg_train_set`)."""
     from benchmarks.train_default import make_data, train_clicks
     from src_models.data.dataset import SegmentationDataset
     from src_models.engine.checkpoint import read_checkpoint_meta
     from src_models.model_source import resolve_checkpoint
 
     base = resolve_checkpoint(args.base)
-    size = int(read_checkpoint_meta(base)["img_size"])
-    records = make_data(args.work / "train", args.n_train, args.data_size, args.seed)
-    train_set = SegmentationDataset(records, size, augment=True, seed=args.seed)
+    meta = read_checkpoint_meta(base)
+    size = int(meta["img_size"])
+    if args.monuseg:
+        train = load_split(args.monuseg / "Train_Folder")
+        train_set = monuseg_train_set(train, size, int(meta.get("in_chans", 3)), args)
+        print(f"MoNuSeg: {len(train)} training tiles, {train_set.resolution}", flush=True)
+    else:
+        records = make_data(args.work / "train", args.n_train, args.data_size, args.seed)
+        train_set = SegmentationDataset(records, size, augment=True, seed=args.seed)
     return train_clicks(
         base,
         train_set,
@@ -79,6 +96,48 @@ def fine_tune(args) -> Path:
         batch_size=args.batch_size,
         seed=args.seed,
     )
+
+
+def monuseg_train_set(train: list[dict], img_size: int, in_chans: int, args):
+    """Random patches of the training tiles at their working resolution (half centred on a
+    nucleus, flips and colour augmentation as in a retraining round); ``args.batch_size * 25``
+    patches an epoch."""
+    from src_models.data.patches import PatchDataset, choose_resolution
+
+    images = [t["image"] for t in train]
+    masks = [t["mask"] for t in train]
+    texts = [t["text"] for t in train]
+    res = choose_resolution([im.shape for im in images], texts, img_size, masks)
+    return PatchDataset(
+        images,
+        masks,
+        texts,
+        res,
+        samples_per_epoch=25 * args.batch_size,
+        fg_fraction=0.5,
+        augment=True,
+        color=1.0,
+        seed=args.seed,
+        in_chans=in_chans,
+        names=[t["name"] for t in train],
+    )
+
+
+def monuseg_crops(tiles: list[dict], side: int) -> list[tuple[np.ndarray, np.ndarray, str, str]]:
+    """``(image, mask, text, "monuseg")`` for every ``side x side`` crop of a grid over each
+    tile (no overlap but the last row and column, which end at the tile's edge); crops
+    without a nucleus are left out."""
+    from src_models.tiling import tile_starts
+
+    out = []
+    for tile in tiles:
+        image, mask = tile["image"], tile["mask"]
+        for y in tile_starts(mask.shape[0], side, 0.0):
+            for x in tile_starts(mask.shape[1], side, 0.0):
+                crop = mask[y : y + side, x : x + side]
+                if crop.any():
+                    out.append((image[y : y + side, x : x + side], crop, tile["text"], "monuseg"))
+    return out
 
 
 def eval_samples(n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, str, str]]:
@@ -167,10 +226,18 @@ def latency(predictor, size: int, repeats: int, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_clicks", description=__doc__)
     p.add_argument(
-        "--checkpoint", default="default", help="a prompted checkpoint (default: the shipped one)"
+        "--checkpoint",
+        help="a prompted checkpoint (default: the shipped one; with --monuseg, none: the "
+        "shipped one is fine-tuned on MoNuSeg first)",
     )
     p.add_argument(
         "--base", help="instead, fine-tune this checkpoint with clicks and measure the result"
+    )
+    p.add_argument(
+        "--monuseg",
+        type=Path,
+        help="MoNuSeg root (Train_Folder, Val_Folder): train on its Train_Folder, measure on "
+        "crops of its Val_Folder, instead of synthetic X-rays",
     )
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (with --base)")
     p.add_argument("--clicks", type=int, default=3, help="simulated correction passes per batch")
@@ -178,7 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--data-size", type=int, default=224)
-    p.add_argument("--n-eval", type=int, default=40, help="0: latency only")
+    p.add_argument(
+        "--n-eval",
+        type=int,
+        help="evaluation images (default 40; MoNuSeg: every crop, or the first N); 0: latency only",
+    )
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--latency-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=25)
@@ -197,6 +268,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.tiled_size < 0 or args.tiled_repeats < 1:
         p.error("--tiled-size must be >= 0 and --tiled-repeats >= 1")
+    if args.n_eval is not None and args.n_eval < 0:
+        p.error("--n-eval must be >= 0")
+    if args.base and args.checkpoint:
+        p.error("give --checkpoint (measure it) or --base (fine-tune it first), not both")
+    if args.monuseg and not (args.monuseg / "Train_Folder").is_dir():
+        p.error(f"--monuseg: no Train_Folder in {args.monuseg}")
+    if args.monuseg and not args.checkpoint and not args.base:
+        args.base = "default"  # trained on its train split, as the protocol asks
     if args.base and (args.steps < 1 or args.clicks < 1 or args.lr <= 0):
         p.error("with --base, --steps and --clicks must be >= 1 and --lr > 0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -205,24 +284,25 @@ def main(argv: list[str] | None = None) -> dict:
     from src_models.inference import Predictor
 
     t0 = time.perf_counter()
-    checkpoint = fine_tune(args) if args.base else args.checkpoint
+    checkpoint = fine_tune(args) if args.base else (args.checkpoint or "default")
     train_seconds = time.perf_counter() - t0
     predictor = Predictor(checkpoint, device="cpu")
-    samples = eval_samples(args.n_eval, args.data_size, 1000 + args.seed)
+    if args.monuseg:
+        res = predictor.resolution  # None: a model of whole images, one crop its input size
+        side = predictor.img_size if res is None else round(res.patch * res.scale)
+        samples = monuseg_crops(load_split(args.monuseg / "Val_Folder"), side)[: args.n_eval]
+    else:
+        samples = eval_samples(
+            40 if args.n_eval is None else args.n_eval, args.data_size, 1000 + args.seed
+        )
+    kinds = sorted({s[3] for s in samples})
     rows = []
     t1 = time.perf_counter()
     for mode in MODES if samples else ():
-        for kind in ("all", "qata", "referring"):
-            chosen = [s for s in samples if kind == "all" or s[3] == kind]
-            if kind == "all":
-                curves = [
-                    run_mode(predictor, im, m, t, mode, args.max_clicks) for im, m, t, _ in chosen
-                ]
-                by_image = curves
-            else:
-                index = [i for i, s in enumerate(samples) if s[3] == kind]
-                curves = [by_image[i] for i in index]
-            row = summarise(curves, mode, args.max_clicks)
+        curves = [run_mode(predictor, im, m, t, mode, args.max_clicks) for im, m, t, _ in samples]
+        for kind in ["all", *kinds] if len(kinds) > 1 else ["all"]:
+            chosen = [c for c, s in zip(curves, samples, strict=True) if kind in ("all", s[3])]
+            row = summarise(chosen, mode, args.max_clicks)
             row["data"] = kind
             rows.append(row)
     metric_seconds = time.perf_counter() - t1
@@ -258,6 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "header": head,
         "checkpoint": str(checkpoint),
+        "data": "monuseg" if args.monuseg else "synthetic",
+        "n_eval": len(samples),
         "fine_tune": None
         if args.base is None
         else {"base": args.base, "steps": args.steps, "clicks": args.clicks, "lr": args.lr},

@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # python benchmarks/loop_recipe.py
 
 import torch  # noqa: E402
 
-from src_models.data.dataset import scan_split  # noqa: E402
-from src_models.data.io import load_image, mask_from_array, to_float01  # noqa: E402
+from benchmarks._common import load_split  # noqa: E402
+from src_models.data.io import to_float01  # noqa: E402
 from src_models.data.patches import (  # noqa: E402
     GridPatchDataset,
     PatchDataset,
@@ -52,22 +52,6 @@ OUT = Path(__file__).resolve().parent / "out" / "loop_recipe.json"
 
 
 # --------------------------------------------------------------------------- data
-
-
-def load_split(folder: Path) -> list[dict]:
-    out = []
-    for rec in scan_split(folder, require_masks=True, require_text=True):
-        img = load_image(rec.image_path)
-        msk = load_image(rec.mask_path)
-        out.append(
-            {
-                "name": rec.name,
-                "image": to_float01(img.data),
-                "mask": mask_from_array(msk.data, rgb=msk.rgb),
-                "text": rec.text or "",
-            }
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- training

@@ -10,9 +10,10 @@ is fine-tuned with clicks on random patches of Train_Folder at the working resol
 :func:`~src_models.data.resolution.choose_resolution` picks for it (as a project would), with
 the colour augmentation of retraining rounds; the checkpoint records that resolution, so it
 predicts tile by tile as in napari. Val_Folder's 1000 px tiles are then cut into a grid of
-crops of one model tile each (the field of view at which one corrects nuclei: a whole tile
-holds hundreds of them, and a click fixes one), and every crop is one evaluation image, with
-its tile's text, at its own pixels.
+crops of one model tile each (256 px at the default's 128 px and scale 2: 16 a tile). That is
+the field of view at which one corrects nuclei: a whole tile holds hundreds of them, and a
+click fixes one. Every crop is one evaluation image, with its tile's text, at its own pixels.
+
 Clicks are placed by the protocol of :mod:`src_models.engine.clicks` (first click at the
 interior point of the largest object component farthest from its boundary, then at the middle of
 the largest error region, positive or negative), at most ``--max-clicks``, each prediction fed
@@ -125,8 +126,8 @@ def monuseg_train_set(train: list[dict], img_size: int, in_chans: int, args):
 
 def monuseg_crops(tiles: list[dict], side: int) -> list[tuple[np.ndarray, np.ndarray, str, str]]:
     """``(image, mask, text, "monuseg")`` for every ``side x side`` crop of a grid over each
-    tile (no overlap but the last row and column, which end at the tile's edge); crops
-    without a nucleus are left out."""
+    tile (the fewest crops that cover it, spread evenly: neighbours overlap where ``side``
+    does not divide the tile); crops without a nucleus are left out."""
     from src_models.tiling import tile_starts
 
     out = []

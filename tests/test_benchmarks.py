@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 NAMES = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
 
@@ -41,3 +43,36 @@ def test_bad_click_settings_are_refused_before_any_work(tmp_path):
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
         assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
+
+
+def test_bench_clicks_on_monuseg_fine_tunes_on_the_train_split_and_scores_crops_of_val(tmp_path):
+    """``--monuseg``: the shipped default is fine-tuned on Train_Folder and measured on a grid
+    of crops of Val_Folder, one model input each (here a synthetic folder in the same layout)."""
+    from src_models.data.synthetic import write_dataset
+
+    root = tmp_path / "monuseg"
+    write_dataset(root / "Train_Folder", "qata", n=2, size=300, seed=1)
+    write_dataset(root / "Val_Folder", "qata", n=2, size=300, seed=2)
+    out = tmp_path / "clicks.json"
+    argv = ["--monuseg", root, "--steps", "2", "--max-clicks", "2", "--repeats", "1"]
+    argv += ["--latency-size", "128", "--work", tmp_path / "w", "--out", out]
+    cmd = [sys.executable, "-m", "benchmarks.bench_clicks", *map(str, argv)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["data"] == "monuseg" and result["fine_tune"]["base"] == "default"
+    assert Path(result["checkpoint"]) == tmp_path / "w" / "clicks.safetensors"
+    # 300 px tiles in crops of the model's 128 px (the fewest that cover them, spread evenly:
+    # a 3 x 3 grid), those with a lesion kept
+    from PIL import Image
+
+    starts = (0, 86, 172)
+    masks = [np.asarray(Image.open(f)) > 0 for f in sorted((root / "Val_Folder").rglob("*.png"))
+             if f.parent.name == "labelcol"]  # fmt: skip
+    n_crops = sum(m[y : y + 128, x : x + 128].any() for m in masks for y in starts for x in starts)
+    assert len(masks) == 2 and 0 < n_crops <= 18
+    assert result["n_eval"] == n_crops
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert set(rows) == {"text", "clicks", "text+clicks", "text>clicks"}
+    assert all(r["n"] == n_crops and r["data"] == "all" for r in rows.values())
+    assert 0 <= rows["clicks"]["iou@1"] <= 1 and rows["text"]["iou@1"] is None

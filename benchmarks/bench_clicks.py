@@ -39,7 +39,7 @@ prompt on a new image (text only, as the Segment button) and a later click on th
     python -m benchmarks.bench_clicks                      # the shipped default, ~3 min, 2 cores
     python -m benchmarks.bench_clicks --checkpoint runs/clicks.safetensors --n-eval 100
     python -m benchmarks.bench_clicks --base text_only.safetensors   # fine-tune first, ~10 min
-    python -m benchmarks.bench_clicks --monuseg /work/shared/datasets/MoNuSeg  # ~15 min
+    python -m benchmarks.bench_clicks --monuseg /work/shared/datasets/MoNuSeg  # ~20 min
 """
 
 from __future__ import annotations
@@ -273,8 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--n-eval must be >= 0")
     if args.base and args.checkpoint:
         p.error("give --checkpoint (measure it) or --base (fine-tune it first), not both")
-    if args.monuseg and not (args.monuseg / "Train_Folder").is_dir():
-        p.error(f"--monuseg: no Train_Folder in {args.monuseg}")
+    for split in ("Train_Folder", "Val_Folder") if args.monuseg else ():
+        if not (args.monuseg / split).is_dir():
+            p.error(f"--monuseg: no {split} in {args.monuseg}")
     if args.monuseg and not args.checkpoint and not args.base:
         args.base = "default"  # trained on its train split, as the protocol asks
     if args.base and (args.steps < 1 or args.clicks < 1 or args.lr <= 0):

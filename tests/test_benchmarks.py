@@ -38,6 +38,7 @@ def test_bad_click_settings_are_refused_before_any_work(tmp_path):
         (["train_default", "--click-steps", "-1"], "--click-steps must be >= 0"),
         (["train_default", "--clicks", "0"], "--clicks >= 1"),
         (["bench_clicks", "--base", "default", "--steps", "0"], "--steps and --clicks must be"),
+        (["bench_clicks", "--monuseg", "/nonexistent"], "--monuseg: no Train_Folder in"),
     ):
         cmd = [sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:], "--work", tmp_path / "w"]
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -25,6 +25,11 @@ back as the previous mask. Three modes:
 - ``text>clicks``: the text's proposal first, then correction clicks without the text (the
   proposal reaches the model only as the previous mask).
 
+Two reference rows count perfect clicks (:func:`~src_models.engine.clicks.perfect_click`: each
+click sets exactly the error region it points at to the truth, and the model is not called
+again): ``perfect`` from an empty mask, ``text+perfect`` from the text's proposal. They tell
+what the text's proposal is worth in clicks to a corrector that fixes what it is pointed at.
+
 Metrics (per image at the image's own size, then means): NoC@85 / NoC@90, the clicks needed to
 reach IoU 0.85 / 0.90 (0 when the text alone reaches it; ``--max-clicks`` when never reached,
 the usual convention), the share of images that never reach it, mean IoU after 1, 3 and 5
@@ -56,10 +61,10 @@ import torch
 
 from benchmarks._common import header, load_split
 from src_models.data.synthetic import make_qata_sample, make_referring_sample
-from src_models.engine.clicks import first_click, next_click
+from src_models.engine.clicks import first_click, next_click, perfect_click
 
 ROOT = Path(__file__).resolve().parent
-MODES = ("text", "clicks", "text+clicks", "text>clicks")
+MODES = ("text", "clicks", "text+clicks", "text>clicks", "perfect", "text+perfect")
 THRESHOLDS = (0.80, 0.85, 0.90)  # 85 and 90: the standard; 80 shows the regime below
 
 
@@ -162,11 +167,17 @@ def run_mode(predictor, image, mask, text, mode: str, max_clicks: int) -> list[f
     ious = [float("nan")]
     clicks: list = []
     pred = None
-    if mode in ("text", "text+clicks", "text>clicks"):
+    if mode.startswith("text"):
         pred = predictor.predict(image, text).mask
         ious[0] = iou(pred, mask)
         if mode == "text":
             return ious
+    if mode.endswith("perfect"):
+        pred = np.zeros(mask.shape, bool) if pred is None else pred
+        for _ in range(max_clicks):
+            pred = perfect_click(pred, mask)
+            ious.append(iou(pred, mask))
+        return ious
     use_text = text if mode == "text+clicks" else None
     for _ in range(max_clicks):
         click = first_click(mask) if pred is None else next_click(pred, mask)
@@ -198,6 +209,21 @@ def summarise(curves: list[list[float]], mode: str, max_clicks: int) -> dict:
         values = [c[k] for c in curves if k < len(c) and c[k] == c[k]]
         row[f"iou@{k}"] = statistics.fmean(values) if values else None
     return row
+
+
+def noc_ratios(rows: list[dict]) -> dict[str, float | None]:
+    """NoC@85 with the text's proposal first over NoC@85 from nothing, on all images: for the
+    model's clicks (the target: at most 0.7) and for perfect clicks (``None`` where a mode was
+    not run or needs no click)."""
+    noc85 = {r["mode"]: r["noc@85"] for r in rows if r["data"] == "all"}
+    out = {}
+    for name, with_text, alone in (
+        ("text+clicks / clicks", "text+clicks", "clicks"),
+        ("text+perfect / perfect", "text+perfect", "perfect"),
+    ):
+        ok = noc85.get(alone) and with_text in noc85
+        out[name] = noc85[with_text] / noc85[alone] if ok else None
+    return out
 
 
 def latency(predictor, size: int, repeats: int, seed: int) -> dict:
@@ -319,6 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         nocs = "".join(f"{r[f'noc@{t}']:8.2f}" for t in (80, 85, 90))
         print(f"{r['mode']:<13}{r['data']:<11}{nocs}{''.join(cells)}")
+    ratios = noc_ratios(rows)
+    for name, value in ratios.items():
+        print(f"NoC@85 {name}: {value:.2f}x" if value is not None else f"NoC@85 {name}: -")
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     lat = latency(predictor, args.latency_size, args.repeats, args.seed)
@@ -349,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         "metric_seconds": round(metric_seconds, 1),
         "max_clicks": args.max_clicks,
         "rows": rows,
+        "noc85_ratios": ratios,
         "latency": lat,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

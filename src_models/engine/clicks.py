@@ -35,6 +35,7 @@ __all__ = [
     "first_click",
     "largest_component",
     "next_click",
+    "perfect_click",
     "wrong_proposal",
 ]
 
@@ -95,6 +96,24 @@ def next_click(prediction: np.ndarray, target: np.ndarray) -> Click | None:
     region, sign = found
     point = farthest_point(region)
     return point[0], point[1], sign
+
+
+def perfect_click(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The bool mask ``[H, W]`` after a perfect correction click on ``prediction``: the
+    :func:`error_region` that :func:`next_click` clicks into is set to the ``target``, and
+    nothing else changes (an unchanged copy when they agree).
+
+    The reference rows of ``benchmarks/bench_clicks.py``: what clicks are worth from a start
+    (nothing, or a text's proposal) when each one fixes exactly the region it points at. A
+    model may do better (it may also mend what it was not clicked on) or worse (it may fix
+    the region only in part, or spoil other regions).
+    """
+    fixed = np.array(prediction, bool)
+    found = error_region(fixed, target)
+    if found is not None:
+        region, sign = found
+        fixed[region] = sign > 0
+    return fixed
 
 
 def _random_interior_click(target: np.ndarray, rng: np.random.Generator) -> Click | None:

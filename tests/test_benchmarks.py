@@ -74,6 +74,12 @@ def test_bench_clicks_on_monuseg_fine_tunes_on_the_train_split_and_scores_crops_
     assert len(masks) == 2 and 0 < n_crops <= 18
     assert result["n_eval"] == n_crops
     rows = {r["mode"]: r for r in result["rows"]}
-    assert set(rows) == {"text", "clicks", "text+clicks", "text>clicks"}
+    modes = {"text", "clicks", "text+clicks", "text>clicks", "perfect", "text+perfect"}
+    assert set(rows) == modes
     assert all(r["n"] == n_crops and r["data"] == "all" for r in rows.values())
     assert 0 <= rows["clicks"]["iou@1"] <= 1 and rows["text"]["iou@1"] is None
+    # perfect clicks from the text's proposal start where the text left off and only gain
+    perfect = rows["text+perfect"]
+    assert perfect["iou@0"] == rows["text"]["iou@0"] and perfect["iou@1"] >= perfect["iou@0"]
+    assert rows["perfect"]["iou@0"] is None and 0 < rows["perfect"]["iou@1"] <= 1
+    assert set(result["noc85_ratios"]) == {"text+clicks / clicks", "text+perfect / perfect"}

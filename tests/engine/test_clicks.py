@@ -12,6 +12,7 @@ from src_models.engine.clicks import (
     first_click,
     largest_component,
     next_click,
+    perfect_click,
     wrong_proposal,
 )
 from src_models.engine.events import BatchEnd
@@ -62,6 +63,26 @@ def test_a_false_region_larger_than_each_missed_one_gets_a_negative_click():
 def test_no_click_when_the_prediction_is_right():
     target = _square((32, 32), 4, 4, 8)
     assert next_click(target, target) is None
+
+
+def test_a_perfect_click_fixes_exactly_the_region_it_points_at():
+    shape = (64, 64)
+    kept, missed = _square(shape, 5, 5, 10), _square(shape, 40, 40, 12)
+    small_missed, false = _square(shape, 50, 5, 3), _square(shape, 5, 45, 6)
+    target, prediction = kept | missed | small_missed, kept | false
+    before = prediction.copy()
+    # the largest error is the missed square: it is filled, the false one stays
+    first = perfect_click(prediction, target)
+    assert np.array_equal(first, kept | false | missed)
+    assert np.array_equal(prediction, before)  # the input is left alone
+    # then the false square (36 px) before the small missed one (9 px)
+    second = perfect_click(first, target)
+    assert np.array_equal(second, kept | missed)
+    third = perfect_click(second, target)
+    assert np.array_equal(third, target)
+    assert np.array_equal(perfect_click(third, target), target)  # nothing left to fix
+    # from nothing, one perfect click is the largest object
+    assert np.array_equal(perfect_click(np.zeros(shape, bool), target), missed)
 
 
 def test_a_wrong_proposal_is_the_object_moved_off_itself():

@@ -17,7 +17,7 @@ click fixes one. Every crop is one evaluation image, with its tile's text, at it
 Clicks are placed by the protocol of :mod:`src_models.engine.clicks` (first click at the
 interior point of the largest object component farthest from its boundary, then at the middle of
 the largest error region, positive or negative), at most ``--max-clicks``, each prediction fed
-back as the previous mask. Three modes:
+back as the previous mask. Four modes:
 
 - ``text``: the text alone (no click);
 - ``clicks``: clicks alone, no text;
